@@ -1,0 +1,1 @@
+"""respi_edge.export"""

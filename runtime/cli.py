@@ -1,0 +1,176 @@
+"""The `respi-edge` command line: parses arguments, calls the library API, prints text or --json."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from .errors import RespiEdgeError
+
+DISCLAIMER_SHORT = "screening aid, not a diagnosis"
+
+
+def friendly_errors(fn):
+    """Turn our named errors (and a missing file or Ctrl-C) into one line and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except RespiEdgeError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (progress bars, advisory warnings) off the user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "peft", "accelerate", "bitsandbytes"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def model_options(fn):
+    fn = click.option("--checkpoint", type=click.Path(dir_okay=False),
+                      help="Official RespLLM checkpoint (.pt) or compact checkpoint (.safetensors). "
+                           "Default: the built-in model.")(fn)
+    fn = click.option("--llm", help="Base LLM: hub id or local folder (config + tokenizer [+ weights]). "
+                                    "Default: the built-in SmolLM2-135M-Instruct (Q4_1 GGUF).")(fn)
+    fn = click.option("--merge-lora/--no-merge-lora", default=False,
+                      help="Fold the LLM LoRA into the base weights before running (same results within 1e-4).")(fn)
+    fn = click.option("--d-ff", type=int, default=None, help="Override d_ff (default: from the head's shape).")(fn)
+    fn = click.option("--lora-alpha", type=float, default=None,
+                      help="LLM LoRA alpha (not stored in checkpoints; reference default 32).")(fn)
+    return fn
+
+
+def task_options(fn):
+    fn = click.option("--task", "task", help="Task id (see `respi-edge tasks`).")(fn)
+    fn = click.option("--prompt", help="Free-text task prompt, used as is.")(fn)
+    return fn
+
+
+def dms_options(fn):
+    fn = click.option("--gender", help="Patient gender, free text or a dataset code (M/F).")(fn)
+    fn = click.option("--age", help="Patient age, as text (e.g. 7, 45-54).")(fn)
+    fn = click.option("--location", help="Recording location: code (p1..p4, Tc/Al/Ar/.., L1..R6, 'P R L') or text.")(fn)
+    fn = click.option("--history", help="Medical history: comma-separated codes (asthma,copd,..), 'none' or text.")(fn)
+    fn = click.option("--symptoms", help="Symptoms: comma-separated codes (drycough,fever,..), 'none' or text.")(fn)
+    fn = click.option("--dms", "dms_text", help="The whole DMS text, used as is (overrides the fields above).")(fn)
+    return fn
+
+
+def dms_kwargs(kw: dict) -> dict:
+    out = {k: kw.pop(k) for k in ("gender", "age", "location", "history", "symptoms")}
+    text = kw.pop("dms_text", None)
+    if text is not None:
+        out = {"dms": text}
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="respi-edge")
+def main() -> None:
+    """respi-edge: RespLLM respiratory screening on laptops and edge boards.
+
+    A screening aid, not a diagnosis."""
+    quiet_libraries()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def tasks(as_json: bool) -> None:
+    """List the task catalogue (the 13 paper tasks and composed tasks)."""
+    from .prompts import load_tasks
+
+    ts = load_tasks()
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in ts.values()], indent=1))
+        return
+    for t in ts.values():
+        click.echo(f"{t.id:34s} {t.dataset:14s} {t.sound:18s} 1={t.positive} / 0={t.negative}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@model_options
+@click.option("--bundle", type=click.Path(file_okay=False), help="Exported bundle folder instead of a checkpoint.")
+@task_options
+@dms_options
+@click.option("--threshold", type=float, default=None, help="Decision threshold on P(class 1) (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (JSON lines).")
+@friendly_errors
+def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, prompt, threshold, as_json,
+            **kw) -> None:
+    """Score recordings: P(condition) for each FILE (first 8.18-s window, as the reference).
+
+    FILE is an audio file (WAV, FLAC, OGG, ...) or a stored (256, 64) spectrogram: x.npy or x.npz[:key]."""
+    from . import api
+    from .errors import AudioError
+
+    dms = dms_kwargs(kw)
+    if bundle:
+        from .bundle import load_bundle
+
+        model = load_bundle(bundle)
+    else:
+        model = api.load_model(checkpoint, llm, merge_lora=merge_lora, d_ff=d_ff, llm_lora_alpha=lora_alpha)
+    session = api.Session(model, task, prompt, threshold=threshold, **dms)
+    info = model.info
+    if not as_json:
+        for c in info.caveats:
+            click.echo(f"note: {c}", err=True)
+    failed = 0
+    for f in files:
+        try:
+            p = session.score_file(f)
+        except AudioError as e:
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"source": f, "error": str(e), "error_type": type(e).__name__}))
+            else:
+                click.echo(f"{f}: error: {e}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps(p.to_dict()))
+        else:
+            tag = " [UNTRAINED MODEL]" if p.untrained else ""
+            click.echo(f"{f}: P({session.task.positive}) = {p.prob:.4f} -> {p.decision} "
+                       f"(threshold {p.threshold:.2f}){tag}")
+    if not as_json:
+        click.echo(f"({DISCLAIMER_SHORT}; task {session.task.id}; model {info.name})", err=True)
+    if failed:
+        sys.exit(1)
+
+
+# ---- commands of export/ (issue 4) ----
+
+# ---- commands of the streaming runtime (issue 5) ----
+
+# ---- commands of bench/ and calibration/ (issue 6) ----
+
+# ---- commands of train/ (issue 3) ----
+
+
+if __name__ == "__main__":
+    main()
