@@ -130,12 +130,21 @@ class RespLLM(nn.Module):
             out = self.llm(inputs_embeds=audio_emb.to(prefix.embeds.dtype), past_key_values=prefix.cache,
                            use_cache=True)
         finally:
-            prefix.cache.crop(prefix.length)  # the cache grows in place: cut it back for the next window
+            _rewind(prefix.cache, prefix.length)  # the cache grows in place: cut it back for the next window
         return self._head(out.last_hidden_state)
 
     @torch.inference_mode()
     def logits(self, spec: torch.Tensor, prompt: str, dms: str) -> torch.Tensor:
         return self.forward(spec, self.tokenize(prompt), self.tokenize(dms))
+
+
+def _rewind(cache, length: int) -> None:
+    """Cut every layer of a transformers DynamicCache back to `length` tokens (layer by layer, so a forward
+    that failed half-way through the layers is undone too)."""
+    for layer in getattr(cache, "layers", []):
+        keys = getattr(layer, "keys", None)
+        if keys is not None and keys.shape[-2] > length:
+            layer.crop(length - keys.shape[-2])
 
 
 # -- assembly ------------------------------------------------------------------------------------
