@@ -24,6 +24,7 @@ from .llm import BUILTIN_LLM
 ENCODER_NAMESPACE = "respi-edge/opera-ct-init-v1"
 UNTRAINED_NAMESPACE = "respi-edge/untrained-v1"
 DEMO_FILE = "model.safetensors"
+DEMO_TASK = "sprsound_normal_vs_adventitious"
 UNTRAINED_CAVEAT = "UNTRAINED built-in model: its probabilities are meaningless (for plumbing checks only)"
 
 
@@ -91,5 +92,6 @@ def untrained_checkpoint(d_llm: int = 576) -> Checkpoint:
     }
     sd = {k: torch.from_numpy(tensor(k, s, kind, UNTRAINED_NAMESPACE)) for k, (s, kind) in parts.items()}
     meta = {"name": "respi-edge built-in (untrained)", "untrained": True, "base_llm": BUILTIN_LLM,
+            "task": DEMO_TASK,
             "encoder_init": encoder_init(), "caveats": [UNTRAINED_CAVEAT]}
     return Checkpoint(path="<built-in untrained>", state=sd, hparams=infer_hparams(sd), meta=meta)

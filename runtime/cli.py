@@ -171,6 +171,38 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
 
 # ---- commands of train/ (issue 3) ----
 
+@main.command()
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
+              help="Recipe YAML (configs/recipes/NAME.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--llm", help="Base LLM folder or hub id (default: the recipe's).")
+@click.option("--official/--no-official", default=False,
+              help="Also write the official RespLLM checkpoint (whole model, torch.save) as official.pt.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), help="Encoder token cache folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@friendly_errors
+def train(config, overrides, out, llm, official, cache_dir, as_json) -> None:
+    """RespLLM instruction tuning: projector, LLM LoRA and head on cached encoder tokens."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from respi_edge.train.run import run
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as progress:
+        metrics = run(config, list(overrides), out, official=official, llm=llm, cache_dir=cache_dir,
+                      progress=progress)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+        return
+    for task, m in metrics["tasks"].items():
+        line = f"{task}: {m['n_train']} train / {m['n_val']} val recordings, threshold {m['threshold_youden_val']:.3f}"
+        if "test_auroc" in m:
+            a = m["test_auroc"]
+            line += f"; test AUROC {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] (patient-grouped 95% CI)"
+        click.echo(line)
+    click.echo(f"wrote {out}/model.safetensors ({DISCLAIMER_SHORT})")
+
 
 if __name__ == "__main__":
     main()

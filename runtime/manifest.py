@@ -1,0 +1,103 @@
+"""Dataset manifests (the CSV format of shared/data): `path,label,patient[,gender,age,location,history,symptoms]`.
+
+Paths are relative to the manifest's folder. Used by train, verify and calibration, so users can bring their
+own recordings in the same format.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .dms import MANIFEST_FIELDS
+from .errors import ManifestError
+
+REQUIRED = ("path", "label", "patient")
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str  # absolute
+    label: int
+    patient: str
+    dms: dict = field(default_factory=dict)  # optional DMS columns, empty values dropped
+    rel: str = ""  # as written in the manifest
+
+
+@dataclass
+class Manifest:
+    path: str
+    rows: list[Row]
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.rows]
+
+    @property
+    def patients(self) -> list[str]:
+        return [r.patient for r in self.rows]
+
+    def sha256(self) -> str:
+        """Hash of the manifest text and of every listed file's size and mtime-free content digest."""
+        h = hashlib.sha256(Path(self.path).read_bytes())
+        for r in self.rows:
+            h.update(file_sha256(r.path).encode())
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def read_manifest(path: str | os.PathLike, *, n_classes: int = 2, require_both_classes: bool = True) -> Manifest:
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"{p}: manifest not found")
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            records = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ManifestError(f"{p}: not a UTF-8 CSV manifest ({e})") from None
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ManifestError(f"{p}: missing column(s) {', '.join(missing)}; the header must start with "
+                            f"path,label,patient (optional: {','.join(MANIFEST_FIELDS)})")
+    base = p.parent
+    rows, absent = [], []
+    for i, rec in enumerate(records, start=2):
+        rel = (rec.get("path") or "").strip()
+        if not rel:
+            raise ManifestError(f"{p}:{i}: empty path")
+        try:
+            label = int(rec["label"])
+        except (TypeError, ValueError):
+            raise ManifestError(f"{p}:{i}: label {rec.get('label')!r} is not an integer class index") from None
+        if not 0 <= label < n_classes:
+            raise ManifestError(f"{p}:{i}: label {label} outside 0..{n_classes - 1}")
+        patient = (rec.get("patient") or "").strip()
+        if not patient:
+            raise ManifestError(f"{p}:{i}: empty patient id (needed for patient-grouped statistics)")
+        full = (base / rel).resolve()
+        if not full.is_file():
+            absent.append(rel)
+        dms = {k: rec[k] for k in MANIFEST_FIELDS if k in rec and rec[k] not in (None, "")}
+        rows.append(Row(str(full), label, patient, dms, rel))
+    if absent:
+        raise ManifestError(f"{p}: {len(absent)} audio file(s) not found, e.g. {absent[0]} "
+                            f"(paths are relative to the manifest's folder)")
+    if not rows:
+        raise ManifestError(f"{p}: no recordings listed")
+    if require_both_classes and len(set(r.label for r in rows)) < 2:
+        raise ManifestError(f"{p}: every recording has label {rows[0].label}; AUROC needs both classes")
+    return Manifest(str(p.resolve()), rows)

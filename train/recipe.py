@@ -1,0 +1,103 @@
+"""Training recipes: YAML files under configs/recipes, with `key=value` overrides from the command line."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from respi_edge.runtime.errors import RespiEdgeError
+
+
+class RecipeError(RespiEdgeError):
+    """A recipe file or override is malformed."""
+
+
+@dataclass
+class TaskData:
+    task: str
+    train: str  # manifest CSV
+    test: str | None = None
+
+
+@dataclass
+class Recipe:
+    name: str = "respllm"
+    tasks: list[TaskData] = field(default_factory=list)
+    base_llm: str = "smollm2-135m-instruct"
+    encoder: str = "builtin"  # 'builtin' = the deterministic OPERA-CT init (configs/encoder_init.json)
+    encoder_mode: str = "frozen"  # frozen (tokens cached) — the reference default
+    lr: float = 1e-4  # REFERENCE.md §3.3
+    epochs: int = 3
+    batch_size: int = 16
+    seed: int = 42
+    val_fraction: float = 0.15  # patient-grouped
+    patience: int = 2
+    min_delta: float = 0.01
+    balance: str = "downsample"  # downsample | none: per epoch, negatives drawn to match the positives
+    bf16: bool = True  # autocast the LLM in training (weights stay fp32; evaluation is fp32)
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.1
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    d_ff: int = 32
+    max_train: int | None = None  # cap on training recordings per task (smoke runs, tests)
+    max_test: int | None = None
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value: str, like):
+    if isinstance(like, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    if isinstance(like, list):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if like is None and value.lower() in ("none", "null"):
+        return None
+    if like is None:
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe; relative manifest paths are resolved against $RESPI_EDGE_DATA or the current folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{p}: not valid YAML ({e})") from None
+    known = {f.name for f in fields(Recipe)}
+    unknown = set(raw) - known
+    if unknown:
+        raise RecipeError(f"{p}: unknown recipe keys {sorted(unknown)}")
+    tasks = [TaskData(**t) for t in raw.pop("tasks", [])]
+    r = Recipe(**raw, tasks=tasks)
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if not sep or key not in known or key == "tasks":
+            raise RecipeError(f"bad override {ov!r}: use key=value with a recipe key ({', '.join(sorted(known - {'tasks'}))})")
+        setattr(r, key, _coerce(value, getattr(r, key)))
+    if not r.tasks:
+        raise RecipeError(f"{p}: no tasks")
+    data_root = os.environ.get("RESPI_EDGE_DATA")
+    for t in r.tasks:
+        for attr in ("train", "test"):
+            v = getattr(t, attr)
+            if v:
+                v = os.path.expandvars(v)
+                if data_root and not os.path.isabs(v):
+                    v = os.path.join(data_root, v)
+                setattr(t, attr, v)
+    return r
