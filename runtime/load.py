@@ -93,10 +93,10 @@ def assemble(ck: Checkpoint, llm: str | os.PathLike | None = None, *, merge_lora
                               f"has {config.num_hidden_layers}; pass --llm with the matching base model")
     tokenizer = load_tokenizer(base)
 
-    llm_part = {k: v for k, v in ck.part(ckpt.LLM_PREFIX).items()}
+    llm_part = ck.part(ckpt.LLM_PREFIX)
+    if not ck.has_llm_weights:  # compact form: base weights from the base LLM, trained LoRA from the file
+        llm_part = {**base_llm_weights(base), **llm_part}
     base_state, loras = split_lora(llm_part)
-    if not ck.has_llm_weights:
-        base_state = {**base_llm_weights(base), **base_state}
     model_llm = build_llm(config, base_state, loras, hp, merge=merge_lora, dtype=dtype)
 
     encoder = encoder_from_checkpoint(ck)
