@@ -165,6 +165,61 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
 
 # ---- commands of export/ (issue 4) ----
 
+@main.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Official or compact checkpoint (default: built-in).")
+@click.option("--llm", help="Base LLM: hub id or local folder (default: the checkpoint's / built-in SmolLM2).")
+@click.option("--bits", type=click.Choice(["4", "8", "16"]), default="4", show_default=True)
+@click.option("--quant", type=click.Choice(["nf4", "fp4", "int8", "fp16", "bf16"]), default=None,
+              help="4-bit: nf4 (default) or fp4; 8-bit: int8 (LLM.int8); 16-bit: fp16 (default) or bf16.")
+@click.option("--double-quant", is_flag=True, help="4-bit: also quantize the quantization constants.")
+@click.option("--no-embedding-quant", is_flag=True, help="Keep the token-embedding table in float32.")
+@click.option("--encoder-variants", default="fp16,int8", show_default=True,
+              help="Extra ONNX encoder variants besides fp32 (comma list of fp16, int8; '' for none).")
+@click.option("--parity/--no-parity", default=True, show_default=True,
+              help="Score reference and bundle on real recordings and record their agreement.")
+@click.option("--parity-manifest", type=click.Path(dir_okay=False), help="Extra recordings (manifest CSV) for parity.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--task", "task", help="Task the bundle screens for (default: the checkpoint's own).")
+@click.option("--threshold", type=float, help="Decision threshold stored in the bundle (default: the checkpoint's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@friendly_errors
+def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encoder_variants, parity, parity_manifest,
+           out, device, task, threshold, as_json) -> None:
+    """Merge LoRA, quantize the LLM, export encoder + projector to ONNX: a self-verifying bundle."""
+    from respi_edge.export.exporter import ExportOptions, export_bundle
+
+    from .bundle import summary
+
+    variants = tuple(v.strip() for v in encoder_variants.split(",") if v.strip())
+    opts = ExportOptions(bits=int(bits), quant=quant, double_quant=double_quant,
+                         quantize_embeddings=not no_embedding_quant, encoder_variants=variants, parity=parity,
+                         parity_manifest=parity_manifest, device=device)
+    say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    man = export_bundle(out, checkpoint, llm, opts, say=say, task=task, threshold=threshold)
+    if as_json:
+        click.echo(json.dumps(man, indent=1))
+    else:
+        click.echo("\n".join(summary(man)))
+        click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Manifest and verification result as JSON.")
+@friendly_errors
+def inspect(bundle, as_json) -> None:
+    """Print a bundle's manifest summary and verify every file's hash (exit 1 if any fails)."""
+    from .bundle import summary, verify
+
+    man, v = verify(bundle)
+    if as_json:
+        click.echo(json.dumps({"manifest": man, "verified": v.ok, "problems": v.problems}, indent=1))
+    else:
+        click.echo("\n".join(summary(man, v)))
+    if not v.ok:
+        sys.exit(1)
+
 # ---- commands of the streaming runtime (issue 5) ----
 
 # ---- commands of bench/ and calibration/ (issue 6) ----

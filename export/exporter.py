@@ -1,0 +1,222 @@
+"""`respi-edge export`: checkpoint (or the built-in model) → a verified edge bundle, written atomically.
+
+Order matters: LoRA is merged in full precision, then quantized (peft's merge into an already-quantized
+bitsandbytes layer is off by 66 % relative, measured). Everything is written into a temporary folder beside
+`--out` and renamed at the very end, so an export killed at any point leaves no bundle that looks complete.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from respi_edge.runtime import bundle as B
+from respi_edge.runtime import checkpoint as ckpt
+from respi_edge.runtime import contract
+from respi_edge.runtime.checkpoint import Checkpoint, open_checkpoint, sha256_file
+from respi_edge.runtime.errors import BundleError
+from respi_edge.runtime.llm import load_config, load_tokenizer, resolve_llm
+from respi_edge.runtime.load import assemble, base_llm_weights, encoder_from_checkpoint
+
+from .llm_writer import merged_tensors, write_llm
+from .onnx_encoder import export_fp16, export_fp32, export_int8
+from .quantize import QuantScheme
+
+VERSIONED = ("respi-edge", "torch", "transformers", "peft", "bitsandbytes", "onnx", "onnxruntime", "numpy", "soxr",
+             "soundfile", "safetensors")
+
+
+@dataclass
+class ExportOptions:
+    bits: int = 4
+    quant: str | None = None
+    double_quant: bool = False
+    quantize_embeddings: bool = True
+    encoder_variants: tuple[str, ...] = ("fp16", "int8")
+    parity: bool = True
+    parity_manifest: str | None = None  # extra real recordings for the parity check
+    device: str = "cpu"
+    shard_bytes: int = 512 << 20
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _open(checkpoint: str | None) -> tuple[Checkpoint, str, str]:
+    if checkpoint is None:
+        from respi_edge.runtime.builtin import builtin_checkpoint
+
+        ck = builtin_checkpoint()
+        digest = sha256_file(ck.path) if os.path.isfile(ck.path) else "built-in-untrained"
+        return ck, "built-in", digest
+    return open_checkpoint(checkpoint), str(checkpoint), sha256_file(checkpoint)
+
+
+def parity_inputs(extra_manifest: str | None, limit: int = 8) -> list[tuple[str, np.ndarray, str]]:
+    """(name, spectrogram, DMS) for the shipped real recordings (+ a user manifest), scored by both models."""
+    from respi_edge.runtime import audio
+    from respi_edge.runtime.dms import dms_from_row
+    from respi_edge.runtime.manifest import read_manifest
+
+    out = []
+    with importlib.resources.as_file(importlib.resources.files("respi_edge.configs") / "parity" / "manifest.csv") as p:
+        rows = read_manifest(p).rows
+    if extra_manifest:
+        rows += read_manifest(extra_manifest).rows[:limit]
+    for r in rows:
+        out.append((os.path.basename(r.path), audio.spectrogram(r.path), dms_from_row(r.dms)))
+    rng = np.random.default_rng(0)
+    out.append(("synthetic_uniform", rng.random(contract.SPEC_SHAPE, dtype=np.float32), ""))
+    return out
+
+
+def _max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: ExportOptions, task_prompt: str,
+                   say: Callable[[str], None]) -> dict:
+    """Max |Δ| of each encoder variant vs torch, merged vs unmerged logits, bundle vs reference logits/P."""
+    from respi_edge.runtime.backends.onnx_audio import OnnxAudio
+
+    ref = assemble(ck, llm_spec)  # full precision, LoRA unmerged: the reference computation
+    merged = assemble(ck, llm_spec, merge_lora=True)
+    inputs = parity_inputs(opts.parity_manifest)
+    specs = np.stack([s for _, s, _ in inputs])
+    emb_ref = ref.embed_audio(torch.from_numpy(specs)).numpy()
+    par: dict = {}
+    for name, rel in man["encoder"]["variants"].items():
+        par[f"encoder_{name}_max_abs"] = _max_abs(OnnxAudio(bundle_dir / rel, "cpu").embed(specs), emb_ref)
+    emb_b3 = OnnxAudio(bundle_dir / man["encoder"]["variants"]["fp32"], "cpu").embed(specs[:3])
+    par["encoder_fp32_batch3_vs_single_max_abs"] = max(
+        _max_abs(emb_b3[i], OnnxAudio(bundle_dir / man["encoder"]["variants"]["fp32"], "cpu").embed(specs[i:i + 1])[0])
+        for i in range(min(3, len(specs))))
+    say("parity: scoring the reference and the bundle")
+    bundle = B.load_bundle(bundle_dir, device=opts.device, manifest=man)
+    d_merge, d_logit, d_prob = [], [], []
+    per_input = []
+    p_ids = ref.tokenize(task_prompt)
+    for (name, spec, dms), _ in zip(inputs, range(len(inputs))):
+        d_ids = ref.tokenize(dms)
+        s = torch.from_numpy(spec)
+        lr = ref.forward(s, p_ids, d_ids)[0]
+        lm = merged.forward(s, p_ids, d_ids)[0]
+        lb = bundle.score(bundle.prefix(bundle.tokenize(task_prompt), bundle.tokenize(dms)), bundle.embed_audio(s))[0]
+        pr, pb = torch.softmax(lr, -1)[-1].item(), torch.softmax(lb.float().cpu(), -1)[-1].item()
+        d_merge.append(_max_abs(lm, lr))
+        d_logit.append(_max_abs(lb.float().cpu(), lr))
+        d_prob.append(abs(pb - pr))
+        per_input.append({"input": name, "p_reference": pr, "p_bundle": pb})
+    par.update({"merged_vs_unmerged_logits_max_abs": max(d_merge), "bundle_vs_reference_logits_max_abs": max(d_logit),
+                "bundle_vs_reference_prob_max_abs": max(d_prob)})
+    par["inputs"] = per_input
+    return par
+
+
+def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: str | None = None,
+                  opts: ExportOptions | None = None, say: Callable[[str], None] = print,
+                  task: str | None = None, threshold: float | None = None) -> dict:
+    opts = opts or ExportOptions()
+    scheme = QuantScheme.parse(opts.bits, opts.quant, opts.double_quant, opts.quantize_embeddings)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out} exists and is not empty: choose another --out or remove it first")
+    t0 = time.time()
+    ck, source, digest = _open(checkpoint)
+    if task is not None:
+        from respi_edge.runtime.prompts import get_task
+
+        ck.meta["task"] = get_task(task).id
+    if threshold is not None:
+        ck.meta["threshold"] = float(threshold)
+    llm_spec = llm if llm is not None else ck.meta.get("base_llm")
+    base = resolve_llm(llm_spec)
+    config, tokenizer = load_config(base), load_tokenizer(base)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        say(f"LLM: merging LoRA in float32 and writing {scheme.bits}-bit {scheme.quant} shards")
+        llm_part = ck.part(ckpt.LLM_PREFIX)
+        if not ck.has_llm_weights:
+            llm_part = {**base_llm_weights(base), **llm_part}
+        llm_dir = tmp / "llm"
+        info = write_llm(merged_tensors(llm_part, ck.hparams.llm_lora_alpha), llm_dir, scheme, opts.shard_bytes)
+        del llm_part
+        config.save_pretrained(llm_dir)
+        tokenizer.save_pretrained(llm_dir)
+
+        say("encoder + projector: exporting ONNX")
+        encoder = encoder_from_checkpoint(ck)
+        aligner = torch.nn.Linear(ck.hparams.enc_dim, ck.hparams.d_llm)
+        aligner.load_state_dict({"weight": ck.state[ckpt.ALIGNER_W].float(), "bias": ck.state[ckpt.ALIGNER_B].float()})
+        variants = {"fp32": "encoder.onnx"}
+        export_fp32(encoder, aligner, tmp / "encoder.onnx")
+        del encoder
+        if "fp16" in opts.encoder_variants:
+            export_fp16(tmp / "encoder.onnx", tmp / "encoder.fp16.onnx")
+            variants["fp16"] = "encoder.fp16.onnx"
+        if "int8" in opts.encoder_variants:
+            export_int8(tmp / "encoder.onnx", tmp / "encoder.int8.onnx")
+            variants["int8"] = "encoder.int8.onnx"
+
+        save_file({"weight": ck.state[ckpt.HEAD_W].float().contiguous(),
+                   "bias": ck.state[ckpt.HEAD_B].float().contiguous()}, str(tmp / "head.safetensors"))
+        cfg_dir = tmp / "configs"
+        cfg_dir.mkdir()
+        for name in ("tasks.tsv", "prompt_parts.tsv", "dms_maps.tsv"):
+            (cfg_dir / name).write_bytes((importlib.resources.files("respi_edge.configs") / name).read_bytes())
+        frontend = {k: getattr(contract, k) for k in dir(contract) if k.isupper()}
+        (tmp / "frontend.json").write_text(json.dumps(frontend, indent=1, default=list))
+
+        hp = ck.hparams.to_dict()
+        caveats = list(ck.meta.get("caveats", []))
+        if base.caveat and base.caveat not in caveats:
+            caveats.append(base.caveat)
+        man = {
+            "backend": "torch-bnb", "name": ck.meta.get("name", Path(source).name), "task": ck.meta.get("task"),
+            "threshold": float(ck.meta.get("threshold", 0.5)), "untrained": bool(ck.meta.get("untrained")),
+            "caveats": caveats, "disclaimer": "Screening aid, not a diagnosis.",
+            "source": {"checkpoint": source, "sha256": digest, "base_llm": base.name, "epoch": ck.epoch},
+            "hparams": hp, "quantization": scheme.to_dict(),
+            "llm": {"dir": "llm", "format": f"respi-edge-llm/{scheme.bits}bit", "tensors": info["tensors"]},
+            "encoder": {"default": "fp32", "variants": variants, "opset": 17},
+            "head": "head.safetensors", "configs": "configs", "frontend": "frontend.json",
+            "sizes": {"llm_bytes": sum((llm_dir / f).stat().st_size for f in info["files"])},
+            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if opts.parity:
+            from respi_edge.runtime.prompts import get_task
+
+            task = ck.meta.get("task") or "sprsound_normal_vs_adventitious"
+            man["parity_task"] = task
+            man["parity"] = compute_parity(ck, llm_spec, tmp, man, opts, get_task(task).prompt, say)
+        man["seconds"] = round(time.time() - t0, 1)
+        B.write_manifest(tmp, man)
+        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp and safetensors create owner-only files
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return json.loads((out / B.MANIFEST).read_text())

@@ -1,0 +1,83 @@
+"""Merge LoRA in full precision and write the LLM shard by shard: peak memory ≈ one shard, whatever the model.
+
+Tensors are read from the (mmapped) checkpoint one at a time, the LoRA delta is folded in float32, the result is
+quantized (export/quantize.py) and appended to the current shard; a full shard is written and dropped. The
+folder is Hugging Face's sharded layout (`model-0000i-of-0000N.safetensors` + index).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from respi_edge.runtime.lora import LoraPair, delta, split_lora
+
+from .quantize import QuantScheme, quantize_tensor
+
+SHARD_BYTES = 512 << 20
+
+
+def merged_tensors(llm_state: Mapping[str, torch.Tensor], alpha: float) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, merged float32 tensor) one at a time; W' = W + (alpha/r)·B@A for LoRA-wrapped modules."""
+    base, pairs = split_lora(llm_state)
+    by_weight: dict[str, LoraPair] = {f"{m}.weight": p for m, p in pairs.items()}
+    for k, w in base.items():
+        p = by_weight.get(k)
+        if p is None:
+            yield k, w
+        else:
+            yield k, w.float() + delta(p, alpha / p.r, w.shape)
+
+
+def write_llm(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, scheme: QuantScheme,
+              shard_bytes: int = SHARD_BYTES, progress: Callable[[str], None] | None = None) -> dict:
+    """Write quantized shards + index into `out`; returns {"files": [...], "bytes": n, "tensors": n}."""
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, torch.Tensor]] = []
+    current: dict[str, torch.Tensor] = {}
+    size, total, count = 0, 0, 0
+    names: list[str] = []
+    weight_map: dict[str, int] = {}
+
+    def flush():
+        nonlocal current, size
+        if not current:
+            return
+        idx = len(names)
+        name = f"model-{idx + 1:05d}.safetensors"
+        save_file(current, str(out / name), metadata={"format": "pt"})
+        for k in current:
+            weight_map[k] = idx
+        names.append(name)
+        current, size = {}, 0
+        gc.collect()
+
+    for key, w in tensors:
+        for k, v in quantize_tensor(key, w, scheme).items():
+            n = v.numel() * v.element_size()
+            if size and size + n > shard_bytes:
+                flush()
+            current[k] = v
+            size += n
+            total += n
+            count += 1
+        del w
+        if progress:
+            progress(key)
+    flush()
+    final = []
+    for i, name in enumerate(names):  # HF naming: model-0000i-of-0000N
+        new = f"model-{i + 1:05d}-of-{len(names):05d}.safetensors"
+        os.replace(out / name, out / new)
+        final.append(new)
+    index = {"metadata": {"total_size": total},
+             "weight_map": {k: final[i] for k, i in sorted(weight_map.items())}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    del shards
+    return {"files": final, "bytes": total, "tensors": count}
+

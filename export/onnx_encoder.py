@@ -1,0 +1,70 @@
+"""Audio encoder + projector as one ONNX graph: spectrogram (B, 256, 64) → audio embeddings (B, 64, d_llm).
+
+Exported with torch's TorchScript-based exporter (opset 17, dynamic batch; ENVIRONMENT.md §5), from the same
+`ClapAudioModel` the torch path runs. Variants: fp16 weights (onnxruntime's float16 converter, inputs/outputs
+kept float32) and dynamic int8 (onnxruntime.quantization). optimum-onnx is not used: it pins transformers < 4.58.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from respi_edge.runtime.errors import DependencyError
+
+OPSET = 17
+
+
+class EncoderProjector(nn.Module):
+    def __init__(self, encoder: nn.Module, aligner: nn.Linear):
+        super().__init__()
+        self.encoder, self.aligner = encoder, aligner
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_features=spec[:, None])
+        return self.aligner(out.last_hidden_state.flatten(2).transpose(1, 2))
+
+
+def export_fp32(encoder: nn.Module, aligner: nn.Linear, path: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise DependencyError("ONNX export needs onnx: pip install 'respi-edge[export]'") from None
+    module = EncoderProjector(encoder, aligner.float()).eval()
+    x = torch.rand(2, 256, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(path), input_names=["spec"], output_names=["audio_emb"],
+                          dynamic_axes={"spec": {0: "batch"}, "audio_emb": {0: "batch"}}, opset_version=OPSET,
+                          dynamo=False)
+
+
+def export_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+def export_int8(src: Path, dst: Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs every integer tensor it skips on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def run_onnx(path: Path, spec: np.ndarray) -> np.ndarray:
+    from respi_edge.runtime.backends.onnx_audio import OnnxAudio
+
+    return OnnxAudio(path).embed(spec)

@@ -1,0 +1,54 @@
+"""The encoder + projector ONNX graph in ONNX Runtime (CUDA provider when present, else CPU)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import DependencyError
+
+
+def ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DependencyError("ONNX Runtime is missing: pip install 'respi-edge[cpu]' (or '[gpu]' for CUDA; "
+                              "onnxruntime and onnxruntime-gpu cannot be installed together)") from None
+    return onnxruntime
+
+
+def providers(device: str = "auto") -> list[str]:
+    avail = ort().get_available_providers()
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in avail:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise DependencyError("CUDA was asked for but onnxruntime has no CUDA provider: pip install "
+                              "'respi-edge[gpu]' (replacing onnxruntime by onnxruntime-gpu)")
+    return ["CPUExecutionProvider"]
+
+
+def session(path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+    o = ort()
+    so = o.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return o.InferenceSession(str(path), sess_options=so, providers=providers(device))
+
+
+class OnnxAudio:
+    """spec (B, 256, 64) float32 → audio embeddings (B, 64, d_llm) float32."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+        self.session = session(path, device, threads)
+        self.input = self.session.get_inputs()[0].name
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def embed(self, spec: np.ndarray) -> np.ndarray:
+        spec = np.asarray(spec, dtype=np.float32)
+        if spec.ndim == 2:
+            spec = spec[None]
+        return self.session.run(None, {self.input: spec})[0].astype(np.float32, copy=False)

@@ -1,0 +1,175 @@
+"""Export of the golden tiny checkpoint to 4/8/16-bit bundles: verification, tampering, atomicity, parity."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import shared_path
+from respi_edge.export.exporter import ExportOptions, export_bundle
+from respi_edge.runtime.bundle import load_bundle, verify
+from respi_edge.runtime.cli import main
+from respi_edge.runtime.errors import BundleError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck") / "model_OpenBioLLM_3epoch.pt"
+    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out, shared_path("golden", "respllm_tiny", "llm")
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny, tmp_path_factory):
+    ck, llm = tiny
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for bits, variants in ((16, ("fp16", "int8")), (8, ()), (4, ())):
+        out[bits] = root / f"b{bits}"
+        export_bundle(out[bits], str(ck), str(llm), ExportOptions(bits=bits, encoder_variants=variants),
+                      say=lambda m: None, task="S7")
+    return out
+
+
+def test_bundles_verify_and_record_parity(bundles, tiny):
+    from respi_edge.runtime.checkpoint import sha256_file
+
+    for bits, b in bundles.items():
+        man, v = verify(b)
+        assert v.ok, v.problems
+        assert man["source"]["sha256"] == sha256_file(tiny[0]) and man["task"] == "S7"
+        assert man["quantization"]["bits"] == bits
+        p = man["parity"]
+        assert p["encoder_fp32_max_abs"] < 1e-4 and p["encoder_fp32_batch3_vs_single_max_abs"] < 1e-5
+        assert p["merged_vs_unmerged_logits_max_abs"] < 1e-4
+        assert len(p["inputs"]) >= 5 and not any(f.endswith(".pt") or f.endswith(".pkl") for f in man["files"])
+    assert bundles[16].joinpath("encoder.int8.onnx").is_file()
+    assert verify(bundles[16])[0]["parity"]["encoder_fp16_max_abs"] < 5e-2
+
+
+def test_four_bit_llm_is_at_most_30_percent_of_fp16(bundles):
+    b4 = verify(bundles[4])[0]["sizes"]["llm_bytes"]
+    b16 = verify(bundles[16])[0]["sizes"]["llm_bytes"]
+    assert b4 <= 0.30 * b16, (b4, b16)
+
+
+@pytest.mark.parametrize("bits,tol", [(16, 5e-3), (8, 0.15), (4, 0.5)])
+def test_bundle_scores_golden_cases_like_the_core(bundles, bits, tol):
+    man = json.loads(shared_path("golden", "respllm_tiny", "manifest.json").read_text())
+    exp = np.load(shared_path("golden", "respllm_tiny", "expected.npz"))
+    model = load_bundle(bundles[bits])
+    worst = 0.0
+    for c in man["cases"]:
+        spec = torch.from_numpy(exp[f"{c['case']}/spec"])
+        pre = model.prefix(model.tokenize(c["prompt"]), model.tokenize(c["dms"]))
+        logits = model.score(pre, model.embed_audio(spec))[0].float()
+        full = model.forward(spec, model.tokenize(c["prompt"]), model.tokenize(c["dms"]))[0].float()
+        assert (logits - full).abs().max().item() < 1e-2  # prefix reuse on the quantized trunk
+        worst = max(worst, float(np.abs(logits.numpy() - exp[f"{c['case']}/logits"]).max()))
+    assert worst < tol
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def test_any_flipped_byte_is_refused(bundles, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(bundles[4], b)
+    files = [p for p in b.rglob("*") if p.is_file()]
+    assert len(files) >= 10
+    for p in files:
+        off = p.stat().st_size // 2
+        _flip(p, off)
+        with pytest.raises(BundleError, match="refusing a damaged bundle|unreadable manifest"):
+            load_bundle(b)
+        r = CliRunner().invoke(main, ["inspect", str(b)])
+        assert r.exit_code != 0, p
+        _flip(p, off)
+    assert verify(b)[1].ok
+
+
+def test_truncated_missing_extra_and_foreign_files(bundles, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(bundles[4], b)
+    shard = next((b / "llm").glob("model-*.safetensors"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])
+    assert any("truncated" in p for p in verify(b)[1].problems)
+    shard.write_bytes(data)
+    (b / "head.safetensors").rename(b / "head.bak")
+    problems = verify(b)[1].problems
+    assert any("head.safetensors: missing" in p for p in problems) and any("head.bak" in p for p in problems)
+    (b / "head.bak").rename(b / "head.safetensors")
+    (b / "MANIFEST.sha256").unlink()
+    assert not verify(b)[1].ok
+    with pytest.raises(BundleError, match="not found"):
+        verify(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):
+    import respi_edge.export.exporter as ex
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash during ONNX export")
+
+    monkeypatch.setattr(ex, "export_fp32", boom)
+    with pytest.raises(RuntimeError):
+        export_bundle(tmp_path / "out", str(tiny[0]), str(tiny[1]), ExportOptions(bits=4, parity=False),
+                      say=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_export_leaves_no_complete_looking_bundle(tiny, tmp_path):
+    out = tmp_path / "bundle"
+    proc = subprocess.Popen([sys.executable, "-m", "respi_edge.runtime.cli", "export", "--checkpoint", str(tiny[0]),
+                             "--llm", str(tiny[1]), "--bits", "4", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once the LLM shards are on disk, mid-export
+        partial = [p for p in tmp_path.glob(".bundle.partial-*") if (p / "llm" / "config.json").exists()]
+        if partial:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial, "the export never reached the LLM stage"
+    assert not out.exists()
+    for p in tmp_path.iterdir():
+        assert not (p / "manifest.json").exists()
+        with pytest.raises(BundleError):
+            load_bundle(p)
+
+
+def test_existing_output_is_not_overwritten(bundles, tiny):
+    with pytest.raises(BundleError, match="not empty"):
+        export_bundle(bundles[4], str(tiny[0]), str(tiny[1]), ExportOptions(bits=4), say=lambda m: None)
+
+
+def test_predict_and_inspect_cli_on_a_bundle(bundles):
+    wav = shared_path("golden", "mel", "inputs", "a3_lung_8k_mono_int16.wav")
+    r = CliRunner().invoke(main, ["predict", str(wav), "--bundle", str(bundles[16]), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["task"] == "S7" and 0 <= out["prob"] <= 1
+    assert any("quantized bundle" in c for c in out["caveats"])
+    r = CliRunner().invoke(main, ["inspect", str(bundles[4])])
+    assert r.exit_code == 0 and "verified" in r.output and "OK" in r.output
