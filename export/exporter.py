@@ -159,7 +159,8 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
         if not ck.has_llm_weights:
             llm_part = {**base_llm_weights(base), **llm_part}
         llm_dir = tmp / "llm"
-        info = write_llm(merged_tensors(llm_part, ck.hparams.llm_lora_alpha), llm_dir, scheme, opts.shard_bytes)
+        info = write_llm(merged_tensors(llm_part, ck.hparams.llm_lora_alpha, mmapped=True), llm_dir,
+                         scheme, opts.shard_bytes)
         del llm_part
         config.save_pretrained(llm_dir)
         tokenizer.save_pretrained(llm_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from respi_edge.runtime.checkpoint import release_pages
 from respi_edge.runtime.lora import LoraPair, delta, split_lora
 
 from .quantize import QuantScheme, quantize_tensor
@@ -22,16 +23,18 @@ from .quantize import QuantScheme, quantize_tensor
 SHARD_BYTES = 512 << 20
 
 
-def merged_tensors(llm_state: Mapping[str, torch.Tensor], alpha: float) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, merged float32 tensor) one at a time; W' = W + (alpha/r)·B@A for LoRA-wrapped modules."""
+def merged_tensors(llm_state: Mapping[str, torch.Tensor], alpha: float,
+                   mmapped: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, merged float32 tensor) one at a time; W' = W + (alpha/r)·B@A for LoRA-wrapped modules.
+
+    With `mmapped`, each source tensor's pages are released once it has been consumed."""
     base, pairs = split_lora(llm_state)
     by_weight: dict[str, LoraPair] = {f"{m}.weight": p for m, p in pairs.items()}
     for k, w in base.items():
         p = by_weight.get(k)
-        if p is None:
-            yield k, w
-        else:
-            yield k, w.float() + delta(p, alpha / p.r, w.shape)
+        yield k, (w if p is None else w.float() + delta(p, alpha / p.r, w.shape))
+        if mmapped:
+            release_pages(w)
 
 
 def write_llm(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, scheme: QuantScheme,

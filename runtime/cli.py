@@ -224,6 +224,47 @@ def inspect(bundle, as_json) -> None:
 
 # ---- commands of bench/ and calibration/ (issue 6) ----
 
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False), help="Bundle to verify.")
+@click.option("--reference", type=click.Path(), help="Reference checkpoint or bundle (default: the built-in model "
+              "in full precision).")
+@click.option("--llm", help="Base LLM of the reference checkpoint.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Manifest CSV (path,label,patient,...).")
+@click.option("--task", "task", help="Task id (default: the bundle's).")
+@click.option("--budget", type=float, default=None, help="Largest AUROC drop allowed; exit 1 beyond it.")
+@click.option("--bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: verify-<bundle>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, out, as_json) -> None:
+    """AUROC drift of a bundle against the full-precision model, with patient-grouped confidence intervals."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from respi_edge.bench.verify import markdown, verify as run_verify
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), transient=True, disable=as_json) as progress:
+        ids: dict = {}
+
+        def on_progress(stage, i, n):
+            if stage not in ids:
+                ids[stage] = progress.add_task(f"scoring ({stage})", total=n)
+            progress.update(ids[stage], completed=i)
+
+        report = run_verify(bundle_dir, data, reference=reference, llm=llm, task=task, budget=budget, out=out,
+                            n_boot=bootstrap, on_progress=on_progress)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        q = report.get("quantization") or {}
+        click.echo(markdown(report, "reference", f"bundle {q.get('bits')}-bit {q.get('quant')}"))
+        verdict = "within" if report["passed"] else "EXCEEDS"
+        if budget is not None:
+            click.echo(f"AUROC drop {report['auroc_drop']:+.4f} {verdict} the budget {budget}")
+        click.echo(f"({DISCLAIMER_SHORT}) report: {out or 'verify-' + os.path.basename(os.path.normpath(bundle_dir))}")
+    if not report["passed"]:
+        sys.exit(1)
+
 # ---- commands of train/ (issue 3) ----
 
 @main.command()

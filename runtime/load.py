@@ -18,8 +18,6 @@ from .model import FlattenHead, ModelInfo, RespLLM, build_llm
 
 def base_llm_weights(base: BaseLLM) -> dict[str, torch.Tensor]:
     """The base model's own weights (no LM head) with LlamaModel-style keys, read lazily from safetensors."""
-    from safetensors import safe_open
-
     path = base.path
     if not base.is_local:
         try:
@@ -32,13 +30,13 @@ def base_llm_weights(base: BaseLLM) -> dict[str, torch.Tensor]:
     if not files:
         raise ModelError(f"{path}: no *.safetensors weights; the checkpoint does not hold the LLM weights either, "
                          f"so pass --llm with a folder or hub id that has them")
+    from .shards import mmap_safetensors
+
     out: dict[str, torch.Tensor] = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as sf:
-            for k in sf.keys():
-                if k.startswith("lm_head."):
-                    continue
-                out[k[len("model."):] if k.startswith("model.") else k] = sf.get_tensor(k)
+        for k, v in mmap_safetensors(f).items():
+            if not k.startswith("lm_head."):
+                out[k[len("model."):] if k.startswith("model.") else k] = v
     return out
 
 

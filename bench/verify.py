@@ -1,0 +1,200 @@
+"""`respi-edge verify`: how far a quantized bundle drifts from the full-precision model on a labelled manifest.
+
+In the spirit of llama.cpp's perplexity tool: the reference probabilities are computed once and cached (keyed by
+the reference's and the data's hashes), every variant is compared with them, and distributions are reported,
+not one number. Scores are written one JSON line per recording as they are produced, so a killed run keeps them
+and the next run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from respi_edge.runtime import api
+from respi_edge.runtime.dms import dms_from_row
+from respi_edge.runtime.errors import AudioError
+from respi_edge.runtime.llm import cache_dir
+from respi_edge.runtime.manifest import Manifest, read_manifest
+
+from . import stats
+
+CACHE_VERSION = "verify-1"
+
+
+@dataclass
+class Scored:
+    rel: str
+    label: int
+    patient: str
+    prob: float | None
+    error: str | None = None
+
+
+def model_identity(model, source: str | None) -> str:
+    """A hash that changes whenever the model's numbers could: checkpoint/bundle bytes, or the built-in model."""
+    if source and Path(source).is_dir():
+        return hashlib.sha256((Path(source) / "manifest.json").read_bytes()).hexdigest()
+    if source and Path(source).is_file():
+        from respi_edge.runtime.checkpoint import sha256_file
+
+        return sha256_file(source)
+    from respi_edge.runtime.builtin import DEMO_FILE, demo_available
+
+    if demo_available():
+        from importlib.resources import as_file, files
+
+        from respi_edge.runtime.checkpoint import sha256_file
+
+        with as_file(files("respi_edge.configs") / "demo" / DEMO_FILE) as p:
+            return sha256_file(p)
+    return "built-in-untrained"
+
+
+def score_manifest(model, manifest: Manifest, task: str | None, out_jsonl: Path,
+                   on_progress: Callable[[int, int], None] | None = None) -> list[Scored]:
+    """Score every row (first 8.18-s window, batch 1), appending to `out_jsonl`; rows already there are reused."""
+    done: dict[str, dict] = {}
+    if out_jsonl.is_file():
+        for line in out_jsonl.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["path"]] = rec
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by a kill: scored again
+    out_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    sessions: dict[str, api.Session] = {}
+    with open(out_jsonl, "a") as f:
+        for i, row in enumerate(manifest.rows):
+            rec = done.get(row.rel)
+            if rec is None:
+                dms = dms_from_row(row.dms)
+                s = sessions.get(dms)
+                if s is None:
+                    s = sessions[dms] = api.Session(model, task, dms=dms)
+                try:
+                    p = s.score_file(row.path)
+                    rec = {"path": row.rel, "prob": p.prob}
+                except AudioError as e:
+                    rec = {"path": row.rel, "prob": None, "error": str(e)}
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+            results.append(Scored(row.rel, row.label, row.patient, rec["prob"], rec.get("error")))
+            if on_progress:
+                on_progress(i + 1, len(manifest.rows))
+    return results
+
+
+def drift_report(ref: list[Scored], new: list[Scored], threshold: float, n_boot: int = 2000) -> dict:
+    ok = [(a, b) for a, b in zip(ref, new) if a.prob is not None and b.prob is not None]
+    y = np.array([a.label for a, _ in ok])
+    pr = np.array([a.prob for a, _ in ok])
+    pn = np.array([b.prob for _, b in ok])
+    pat = [a.patient for a, _ in ok]
+    dp = np.abs(pn - pr)
+    ci_r, ci_n = stats.auroc_ci(y, pr, pat, n_boot), stats.auroc_ci(y, pn, pat, n_boot)
+    d = stats.delta_auroc_ci(y, pr, pn, pat, n_boot)
+    dl, z, p = stats.delong_test(y, pn, pr)
+    sr, spr = stats.sens_spec(y, pr, threshold)
+    sn, spn = stats.sens_spec(y, pn, threshold)
+    return {
+        "n": int(len(ok)), "patients": len(set(pat)), "positives": int(y.sum()),
+        "errors": sum(1 for a, b in zip(ref, new) if a.prob is None or b.prob is None),
+        "threshold": threshold,
+        "auroc_reference": ci_r.to_dict(), "auroc_bundle": ci_n.to_dict(),
+        "delta_auroc": d.to_dict(), "delong": {"delta": dl, "z": z, "p": p},
+        "flip_rate": float(np.mean((pr >= threshold) != (pn >= threshold))),
+        "abs_dp": {"median": float(np.median(dp)), "p95": float(np.percentile(dp, 95)), "max": float(dp.max())},
+        "mean_kl": stats.mean_kl(pr, pn),
+        "ece_reference": stats.ece(y, pr), "ece_bundle": stats.ece(y, pn),
+        "sens_spec_reference": [sr, spr], "sens_spec_bundle": [sn, spn],
+    }
+
+
+def roc_png(ref: list[Scored], new: list[Scored], path: Path, labels: tuple[str, str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for rows, name in ((ref, labels[0]), (new, labels[1])):
+        ok = [r for r in rows if r.prob is not None]
+        fpr, tpr, _ = roc_curve([r.label for r in ok], [r.prob for r in ok])
+        auc = stats.auroc([r.label for r in ok], [r.prob for r in ok])
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("1 − specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC (screening aid, not a diagnosis)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def markdown(report: dict, ref_name: str, new_name: str) -> str:
+    r = report
+    f = lambda c: f"{c['value']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"  # noqa: E731
+    return "\n".join([
+        f"| metric | {ref_name} | {new_name} |", "|---|---|---|",
+        f"| AUROC (patient-grouped 95% CI) | {f(r['auroc_reference'])} | {f(r['auroc_bundle'])} |",
+        f"| sensitivity / specificity @ {r['threshold']:.3f} | {r['sens_spec_reference'][0]:.3f} / "
+        f"{r['sens_spec_reference'][1]:.3f} | {r['sens_spec_bundle'][0]:.3f} / {r['sens_spec_bundle'][1]:.3f} |",
+        f"| ECE | {r['ece_reference']:.3f} | {r['ece_bundle']:.3f} |", "",
+        f"ΔAUROC {f(r['delta_auroc'])} (paired, patient-grouped bootstrap); DeLong p = {r['delong']['p']:.3g}; "
+        f"decision flips {100 * r['flip_rate']:.1f} %; |Δp| median {r['abs_dp']['median']:.4f}, "
+        f"p95 {r['abs_dp']['p95']:.4f}, max {r['abs_dp']['max']:.4f}; mean KL {r['mean_kl']:.2e}; "
+        f"n = {r['n']} recordings, {r['patients']} patients, {r['errors']} unreadable.",
+    ])
+
+
+def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str | None = None,
+           task: str | None = None, budget: float | None = None, out: str | None = None,
+           n_boot: int = 2000, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Compare a bundle with its reference on a manifest; returns the report (with `passed`)."""
+    from respi_edge.runtime.bundle import load_bundle, verify as verify_bundle
+
+    manifest = read_manifest(data)
+    man, _ = verify_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir)
+    task = task or man.get("task")
+    if reference and Path(reference).is_dir():
+        ref_model = load_bundle(reference)
+    else:
+        ref_model = api.load_model(reference, llm)
+    ref_id = model_identity(ref_model, reference)
+    key = hashlib.sha256(f"{CACHE_VERSION}|{ref_id}|{manifest.sha256()}|{task}".encode()).hexdigest()[:24]
+    ref_jsonl = cache_dir() / "verify" / f"reference-{key}.jsonl"
+    outp = Path(out or f"verify-{Path(bundle_dir).name}")
+    outp.mkdir(parents=True, exist_ok=True)
+    new_jsonl = outp / f"bundle-{hashlib.sha256((Path(bundle_dir) / 'manifest.json').read_bytes()).hexdigest()[:12]}" \
+                       f"-{key[:12]}.jsonl"
+    prog = (lambda stage: (lambda i, n: on_progress(stage, i, n))) if on_progress else (lambda stage: None)
+    ref = score_manifest(ref_model, manifest, task, ref_jsonl, prog("reference"))
+    new = score_manifest(bundle, manifest, task, new_jsonl, prog("bundle"))
+    threshold = float(man.get("threshold", 0.5))
+    report = drift_report(ref, new, threshold, n_boot)
+    report.update({"bundle": str(bundle_dir), "reference": reference or "built-in (full precision)",
+                   "data": str(data), "task": task, "quantization": man.get("quantization"),
+                   "reference_cache": str(ref_jsonl), "budget": budget})
+    drop = report["auroc_reference"]["value"] - report["auroc_bundle"]["value"]
+    report["auroc_drop"] = drop
+    report["passed"] = budget is None or drop <= budget
+    q = man.get("quantization", {})
+    name = f"bundle {q.get('bits')}-bit {q.get('quant')}"
+    roc_png(ref, new, outp / "roc.png", ("reference", name))
+    (outp / "report.md").write_text(markdown(report, "reference", name) + "\n")
+    tmp = outp / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, outp / "report.json")
+    return report

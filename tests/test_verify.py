@@ -1,0 +1,102 @@
+"""verify end to end on real SPRSound recordings with the golden tiny checkpoint; manifest errors."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import shared_path
+from respi_edge.export.exporter import ExportOptions, export_bundle
+from respi_edge.runtime.cli import main
+from respi_edge.runtime.errors import ManifestError
+from respi_edge.runtime.manifest import read_manifest
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("verify")
+    ck = d / "tiny.pt"
+    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(ck)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    llm = shared_path("golden", "respllm_tiny", "llm")
+    bundle = d / "b16"
+    export_bundle(bundle, str(ck), str(llm), ExportOptions(bits=16, encoder_variants=(), parity=False),
+                  say=lambda m: None, task="S7")
+    data = shared_path("data", "sprsound2022")
+    rows = list(csv.DictReader(open(data / "test_intra.csv")))
+    pick = [r for r in rows if r["label"] == "1"][:8] + [r for r in rows if r["label"] == "0"][:8]
+    man = d / "small.csv"
+    with open(man, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in pick:
+            w.writerow({**r, "path": str(data / r["path"])})
+    return ck, llm, bundle, man, d
+
+
+def _verify(setup, *extra):
+    ck, llm, bundle, man, d = setup
+    return CliRunner().invoke(main, ["verify", "--bundle", str(bundle), "--reference", str(ck), "--llm", str(llm),
+                                     "--data", str(man), "--bootstrap", "200", "--out", str(d / "report"), *extra])
+
+
+def test_report_png_and_gate(setup, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESPI_EDGE_CACHE", str(tmp_path))
+    r = _verify(setup, "--budget", "0.5")
+    assert r.exit_code == 0, r.output
+    d = setup[4] / "report"
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["n"] == 16 and rep["errors"] == 0 and rep["passed"]
+    # 16-bit weights: tiny drift; the CI of the reference covers its estimate
+    assert rep["abs_dp"]["max"] < 0.02 and rep["flip_rate"] <= 1 / 16
+    a = rep["auroc_reference"]
+    assert a["ci95"][0] <= a["value"] <= a["ci95"][1]
+    png = (d / "roc.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "ΔAUROC" in (d / "report.md").read_text()
+    # the gate: a budget nobody can meet exits 1
+    r = _verify(setup, "--budget", "-1")
+    assert r.exit_code == 1 and "EXCEEDS" in r.output
+
+
+def test_reference_cache_is_reused(setup, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESPI_EDGE_CACHE", str(tmp_path))
+    assert _verify(setup).exit_code == 0
+    cache = list((tmp_path / "verify").glob("reference-*.jsonl"))
+    assert len(cache) == 1
+    lines = cache[0].read_text().splitlines()
+    assert len(lines) == 16
+    # a half-written line (a killed run) is scored again, finished lines are kept
+    cache[0].write_text("\n".join(lines[:10]) + '\n{"path": "aud')
+    assert _verify(setup).exit_code == 0
+    again = cache[0].read_text().splitlines()
+    assert again[:10] == lines[:10] and len([ln for ln in again if ln.endswith("}")]) == 16
+
+
+def _csv(tmp_path, text):
+    p = tmp_path / "m.csv"
+    p.write_text(text)
+    return p
+
+
+def test_manifest_errors(tmp_path):
+    audio = shared_path("data", "sprsound2022", "audio", "40138127_14.7_0_p3_139.flac")
+    with pytest.raises(ManifestError, match="missing column"):
+        read_manifest(_csv(tmp_path, "file,label\nx.wav,1\n"))
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(_csv(tmp_path, "path,label,patient\nnope.flac,1,p1\nnope2.flac,0,p2\n"))
+    with pytest.raises(ManifestError, match="not an integer"):
+        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},yes,p1\n"))
+    with pytest.raises(ManifestError, match="outside"):
+        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},2,p1\n"))
+    with pytest.raises(ManifestError, match="both classes"):
+        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},1,p1\n{audio},1,p2\n"))
+    with pytest.raises(ManifestError, match="empty patient"):
+        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},1,\n"))
+    m = read_manifest(shared_path("data", "sprsound2022", "test_intra.csv"))
+    assert len(m) == 324 and m.rows[0].dms.keys() == {"gender", "age", "location"}
