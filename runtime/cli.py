@@ -222,7 +222,116 @@ def inspect(bundle, as_json) -> None:
 
 # ---- commands of the streaming runtime (issue 5) ----
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def devices(as_json) -> None:
+    """List audio input devices (the default is marked with *)."""
+    from .devices import input_devices
+
+    devs = input_devices()
+    if as_json:
+        click.echo(json.dumps(devs, indent=1))
+        return
+    for d in devs:
+        mark = "*" if d["default"] else " "
+        click.echo(f"{mark} {d['index']:3d} {d['name']}, {d['hostapi']} ({d['channels']} in, "
+                   f"{d['default_samplerate']:.0f} Hz)")
+
+
+@main.command()
+@model_options
+@click.option("--bundle", type=click.Path(file_okay=False), help="Exported bundle folder.")
+@click.option("--input-device", "input_device", help="Input device name or index (see `respi-edge devices`).")
+@task_options
+@dms_options
+@click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between windows.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds of audio.")
+@click.option("--jsonl", type=click.Path(dir_okay=False), help="Append one JSON line per window to this file.")
+@click.option("--json", "echo_json", is_flag=True, help="Print the JSON lines instead of the live view.")
+@click.option("--file", "file", type=click.Path(dir_okay=False), help="Replay a recording through the live path.")
+@click.option("--realtime/--fast", default=True, show_default=True, help="With --file: at real-time pace or not.")
+@click.option("--save-audio", type=click.Path(file_okay=False), help="Keep the captured audio here (off by default).")
+@click.option("--threshold", type=float, default=None, help="Decision threshold (default: the model's).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Compute device for a bundle (GPU when present).")
+@click.option("--slow-inference", type=float, default=0.0, hidden=True)
+@friendly_errors
+def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, task, prompt, hop, duration, jsonl,
+           echo_json, file, realtime, save_audio, threshold, device, slow_inference, **kw) -> None:
+    """Live screening from a microphone / USB stethoscope in 8.18-s windows every hop."""
+    from . import api
+    from .stream import StreamConfig, screen as run_screen
+
+    dms = dms_kwargs(kw)
+    if bundle:
+        from .bundle import load_bundle
+
+        model = load_bundle(bundle, device=device)
+    else:
+        model = api.load_model(checkpoint, llm, merge_lora=merge_lora, d_ff=d_ff, llm_lora_alpha=lora_alpha)
+    session = api.Session(model, task, prompt, threshold=threshold, **dms)
+    session.prefix  # prompt + DMS keys/values once, before capture starts
+    click.echo(f"compute: {getattr(model, 'device_name', 'cpu')}; task {session.task.id}; "
+               f"{DISCLAIMER_SHORT}", err=True)
+    cfg = StreamConfig(hop=hop, duration=duration, slow_inference=slow_inference)
+    summary = run_screen(session, device=input_device, file=file, realtime=realtime, jsonl=jsonl, cfg=cfg,
+                         echo_json=echo_json, save_audio=save_audio)
+    if not echo_json:
+        click.echo(f"summary: {summary['windows']} windows, {summary['scored']} scored, {summary['rejected']} "
+                   f"rejected, {summary['skipped']} skipped, {summary['overflows']} overflows, "
+                   f"{summary['device_lost']} device losses ({DISCLAIMER_SHORT})", err=True)
+
+
 # ---- commands of bench/ and calibration/ (issue 6) ----
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (results as JSON + Markdown)."""
+
+
+@bench.command("latency")
+@click.option("--bundle", "bundles", multiple=True, type=click.Path(file_okay=False), help="Bundle(s) to time.")
+@click.option("--reference", is_flag=True, help="Also time the full-precision model (--checkpoint or built-in).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint for --reference.")
+@click.option("--synthetic", "synthetic", multiple=True,
+              type=click.Choice(["llama3-8b", "mistral-7b", "phi-3.5", "gemma2-2b", "smollm2-135m"]),
+              help="Random-weight LLM trunk with this model's real layer shapes.")
+@click.option("--bits", "bits", multiple=True, type=click.Choice(["4", "8", "16"]), help="For --synthetic.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--repeat", type=int, default=20, show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--audio", "audio_file", type=click.Path(dir_okay=False), help="Recording to time (default: a shipped "
+              "SPRSound parity recording).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write OUT.json and OUT.md.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def bench_latency(bundles, reference, checkpoint, synthetic, bits, device, repeat, warmup, audio_file, out,
+                  as_json) -> None:
+    """Per-stage latency p50/p95/p99/max, cold start, peak memory, roofline floor."""
+    import importlib.resources
+
+    import torch
+
+    from respi_edge.bench import latency as L
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if audio_file is None:
+        audio_file = str(importlib.resources.files("respi_edge.configs") / "parity" / "40638274_9.7_1_p2_1684.flac")
+    rows = []
+    for b in bundles:
+        rows.append(L.bench_bundle_or_model(b, "bundle", audio_file, repeat=repeat, warmup=warmup, device=dev))
+    if reference:
+        rows.append(L.bench_bundle_or_model(checkpoint, "model", audio_file, repeat=repeat, warmup=warmup,
+                                            device=dev))
+    for name in synthetic:
+        for b in (bits or ("4", "8", "16")):
+            rows.append(L.bench_synthetic(name, int(b), repeat=repeat, warmup=warmup, device=dev))
+    if not rows:
+        raise click.UsageError("nothing to time: give --bundle, --reference or --synthetic")
+    L.write_results(rows, out, "respi-edge bench latency " + " ".join(sys.argv[3:]))
+    click.echo(json.dumps(rows, indent=1) if as_json else L.markdown(rows))
+
 
 @main.command()
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False), help="Bundle to verify.")
