@@ -18,7 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
+
+try:  # the torch-free edge install times ONNX bundles without torch
+    import torch
+except ImportError:  # pragma: no cover - exercised in the torch-free venv
+    torch = None
 
 SYNTHETIC = {  # real layer shapes: hidden, intermediate, layers, heads, kv heads, vocab, family
     "llama3-8b": (4096, 14336, 32, 32, 8, 128256, "llama"),
@@ -66,7 +70,7 @@ def cpu_bandwidth_gbs() -> float:
 
 
 def device_name(device: str) -> str:
-    if device == "cuda" and torch.cuda.is_available():
+    if device == "cuda" and torch is not None and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
@@ -108,9 +112,9 @@ def bench_model(model, audio_file: str, *, repeat: int, warmup: int, device: str
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     s = api.Session(model, dms="Gender: M. Age: 7.2. Record location: right posterior chest.")
     spec = audio_fe.spectrogram(audio_file)
-    emb = model.embed_audio(torch.from_numpy(spec))
+    t_spec = torch.from_numpy(spec) if torch is not None and not getattr(model, "numpy_backend", False) else spec
+    emb = model.embed_audio(t_spec)
     pre = s.prefix
-    t_spec = torch.from_numpy(spec)
     stages = {
         "front end": timed(lambda: audio_fe.spectrogram(audio_file), repeat, warmup, sync),
         "encoder": timed(lambda: model.embed_audio(t_spec), repeat, warmup, sync),
@@ -119,7 +123,8 @@ def bench_model(model, audio_file: str, *, repeat: int, warmup: int, device: str
         "prefix (once per session)": timed(lambda: model.prefix(s.prompt_ids, s.dms_ids), max(3, repeat // 4), 1,
                                            sync),
     }
-    h = torch.randn(1, 64, model.hparams.d_llm)
+    h = np.random.default_rng(0).standard_normal((1, 64, model.hparams.d_llm), dtype=np.float32)
+    h = torch.from_numpy(h) if torch is not None and not getattr(model, "numpy_backend", False) else h
     stages["head"] = timed(lambda: model._head(h), repeat, warmup, sync)
     e2e = [a + b + c for a, b, c in zip(stages["front end"], stages["encoder"], stages["LLM (prefix reuse)"])]
     stages["end to end"] = e2e
@@ -207,11 +212,13 @@ def bench_bundle_or_model(target: str | None, kind: str, audio_file: str, *, rep
     from respi_edge.runtime.api import load_model
     from respi_edge.runtime.bundle import load_bundle
 
+    if device == "cuda" and torch is None:
+        device = "cpu"
     t0 = time.perf_counter()
     if kind == "bundle":
         model = load_bundle(target, device=device, threads=threads)
         q = model.manifest["quantization"]
-        bits, label = q["bits"], f"{Path(target).name} ({q['quant']})"
+        bits, label = q["bits"], f"{Path(target).name} ({model.manifest.get('backend')} {q['quant']})"
         size = sum(f["bytes"] for f in model.manifest["files"].values())
     else:
         model = load_model(target)
@@ -220,10 +227,12 @@ def bench_bundle_or_model(target: str | None, kind: str, audio_file: str, *, rep
     name_dev = device_name("cuda" if getattr(model, "device_name", "cpu") == "cuda" else "cpu")
     stages = bench_model(model, audio_file, repeat=repeat, warmup=warmup, device=device)
     out = {"model": label, "bits": bits, "device": name_dev, "cold_start_s": cold, "stages": stages,
-           "bundle_bytes": size, "peak_rss_mb": peak_rss_mb(), "weight_bytes": llm_weight_bytes(model.llm)}
+           "bundle_bytes": size, "peak_rss_mb": peak_rss_mb(),
+           "weight_bytes": llm_weight_bytes(model.llm) if hasattr(model.llm, "named_parameters") else 0}
     if device == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    out["roofline_reuse"] = roofline(out["weight_bytes"], llm_flops(model.llm, AUDIO_TOKENS), device, name_dev)
+    if out["weight_bytes"]:
+        out["roofline_reuse"] = roofline(out["weight_bytes"], llm_flops(model.llm, AUDIO_TOKENS), device, name_dev)
     return out
 
 
@@ -232,9 +241,10 @@ def write_results(rows: list[dict], out: str | None, command: str) -> None:
         return
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"command": command, "machine": device_name("cpu"), "torch": torch.__version__, "rows": rows}
+    tv = torch.__version__ if torch is not None else "none (onnxruntime)"
+    doc = {"command": command, "machine": device_name("cpu"), "torch": tv, "rows": rows}
     tmp = p.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, p.with_suffix(".json"))
-    p.with_suffix(".md").write_text(f"Command: `{command}`  \nMachine: {doc['machine']}, torch {torch.__version__}\n\n"
+    p.with_suffix(".md").write_text(f"Command: `{command}`  \nMachine: {doc['machine']}, torch {tv}\n\n"
                                     + markdown(rows) + "\n")

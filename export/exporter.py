@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from respi_edge.runtime import bundle as B
+from respi_edge.runtime.api import softmax, to_numpy
 from respi_edge.runtime import checkpoint as ckpt
 from respi_edge.runtime import contract
 from respi_edge.runtime.checkpoint import Checkpoint, open_checkpoint, sha256_file
@@ -47,6 +48,8 @@ class ExportOptions:
     encoder_variants: tuple[str, ...] = ("fp16", "int8")
     parity: bool = True
     parity_manifest: str | None = None  # extra real recordings for the parity check
+    backend: str = "torch-bnb"  # torch-bnb (bitsandbytes LLM) | onnx (whole model in ONNX Runtime)
+    block_size: int = 32  # onnx backend: MatMulNBits block
     device: str = "cpu"
     shard_bytes: int = 512 << 20
 
@@ -120,10 +123,11 @@ def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: 
         s = torch.from_numpy(spec)
         lr = ref.forward(s, p_ids, d_ids)[0]
         lm = merged.forward(s, p_ids, d_ids)[0]
-        lb = bundle.score(bundle.prefix(bundle.tokenize(task_prompt), bundle.tokenize(dms)), bundle.embed_audio(s))[0]
-        pr, pb = torch.softmax(lr, -1)[-1].item(), torch.softmax(lb.float().cpu(), -1)[-1].item()
+        lb = to_numpy(bundle.score(bundle.prefix(bundle.tokenize(task_prompt), bundle.tokenize(dms)),
+                                   bundle.embed_audio(spec))[0])
+        pr, pb = float(softmax(lr)[1]), float(softmax(lb)[1])
         d_merge.append(_max_abs(lm, lr))
-        d_logit.append(_max_abs(lb.float().cpu(), lr))
+        d_logit.append(_max_abs(lb, lr))
         d_prob.append(abs(pb - pr))
         per_input.append({"input": name, "p_reference": pr, "p_bundle": pb})
     par.update({"merged_vs_unmerged_logits_max_abs": max(d_merge), "bundle_vs_reference_logits_max_abs": max(d_logit),
@@ -132,11 +136,49 @@ def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: 
     return par
 
 
+def write_onnx_llm(ck: Checkpoint, llm_spec, llm_dir: Path, scheme: QuantScheme, tokenizer) -> dict:
+    """Merged fp32 trunk → ONNX with past key/values → MatMulNBits (or fp16); embeddings and tokenizer beside it.
+
+    Unlike the bitsandbytes path this builds the merged model in memory (torch.onnx needs a module)."""
+    from safetensors.numpy import save_file as save_np
+
+    from .onnx_llm import export_trunk, quantize_trunk
+
+    llm_dir.mkdir(parents=True)
+    merged = assemble(ck, llm_spec, merge_lora=True)
+    llm = merged.llm
+    cfg = llm.config
+    emb = llm.get_input_embeddings().weight.detach().float().numpy().astype(np.float16)
+    save_np({"weight": emb}, str(llm_dir / "embed.safetensors"))
+    raw = llm_dir / "trunk.fp32.onnx"
+    export_trunk(llm, ck.hparams.d_ff, raw)
+    del merged, llm
+    name = "trunk.onnx"
+    quantize_trunk(raw, llm_dir / name, scheme.bits, scheme.blocksize or 32)
+    for f in llm_dir.glob("trunk.fp32.onnx*"):
+        f.unlink()
+    tokenizer.save_pretrained(llm_dir)  # tokenizer.json is what the torch-free runtime reads
+    if not (llm_dir / "tokenizer.json").is_file():
+        raise BundleError("the base LLM's tokenizer has no tokenizer.json (a 'fast' tokenizer is needed for the "
+                          "ONNX backend)")
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {"trunk": f"llm/{name}", "embeddings": "llm/embed.safetensors", "tokenizer": "llm/tokenizer.json",
+            "n_layers": cfg.num_hidden_layers, "kv_heads": cfg.num_key_value_heads, "head_dim": hd,
+            "hidden_size": cfg.hidden_size, "add_special_tokens": True, "opset": 17}
+
+
 def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: str | None = None,
                   opts: ExportOptions | None = None, say: Callable[[str], None] = print,
                   task: str | None = None, threshold: float | None = None) -> dict:
     opts = opts or ExportOptions()
-    scheme = QuantScheme.parse(opts.bits, opts.quant, opts.double_quant, opts.quantize_embeddings)
+    if opts.backend == "onnx":
+        if opts.quant not in (None, "int8", "fp16") or opts.double_quant:
+            raise BundleError("--backend onnx quantizes with onnxruntime's MatMulNBits: --bits 4/8 (block "
+                              "--block-size) or 16 (fp16); --quant nf4/fp4 and --double-quant are bitsandbytes-only")
+        scheme = QuantScheme(opts.bits, {4: "matmulnbits-int4", 8: "matmulnbits-int8", 16: "fp16"}[opts.bits],
+                             False, opts.block_size if opts.bits != 16 else 0, False)
+    else:
+        scheme = QuantScheme.parse(opts.bits, opts.quant, opts.double_quant, opts.quantize_embeddings)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not empty: choose another --out or remove it first")
@@ -154,16 +196,21 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        say(f"LLM: merging LoRA in float32 and writing {scheme.bits}-bit {scheme.quant} shards")
-        llm_part = ck.part(ckpt.LLM_PREFIX)
-        if not ck.has_llm_weights:
-            llm_part = {**base_llm_weights(base), **llm_part}
         llm_dir = tmp / "llm"
-        info = write_llm(merged_tensors(llm_part, ck.hparams.llm_lora_alpha, mmapped=True), llm_dir,
-                         scheme, opts.shard_bytes)
-        del llm_part
-        config.save_pretrained(llm_dir)
-        tokenizer.save_pretrained(llm_dir)
+        if opts.backend == "onnx":
+            say(f"LLM: merging LoRA in float32, exporting the trunk to ONNX, {scheme.quant}")
+            onnx_llm = write_onnx_llm(ck, llm_spec, llm_dir, scheme, tokenizer)
+            info = {"files": [onnx_llm["trunk"].split("/", 1)[1]], "tensors": None}
+        else:
+            say(f"LLM: merging LoRA in float32 and writing {scheme.bits}-bit {scheme.quant} shards")
+            llm_part = ck.part(ckpt.LLM_PREFIX)
+            if not ck.has_llm_weights:
+                llm_part = {**base_llm_weights(base), **llm_part}
+            info = write_llm(merged_tensors(llm_part, ck.hparams.llm_lora_alpha, mmapped=True), llm_dir,
+                             scheme, opts.shard_bytes)
+            del llm_part
+            config.save_pretrained(llm_dir)
+            tokenizer.save_pretrained(llm_dir)
 
         say("encoder + projector: exporting ONNX")
         encoder = encoder_from_checkpoint(ck)
@@ -193,7 +240,7 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
         if base.caveat and base.caveat not in caveats:
             caveats.append(base.caveat)
         man = {
-            "backend": "torch-bnb", "name": ck.meta.get("name", Path(source).name), "task": ck.meta.get("task"),
+            "backend": opts.backend, "name": ck.meta.get("name", Path(source).name), "task": ck.meta.get("task"),
             "threshold": float(ck.meta.get("threshold", 0.5)), "untrained": bool(ck.meta.get("untrained")),
             "caveats": caveats, "disclaimer": "Screening aid, not a diagnosis.",
             "source": {"checkpoint": source, "sha256": digest, "base_llm": base.name, "epoch": ck.epoch},
@@ -201,9 +248,12 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
             "llm": {"dir": "llm", "format": f"respi-edge-llm/{scheme.bits}bit", "tensors": info["tensors"]},
             "encoder": {"default": "fp32", "variants": variants, "opset": 17},
             "head": "head.safetensors", "configs": "configs", "frontend": "frontend.json",
-            "sizes": {"llm_bytes": sum((llm_dir / f).stat().st_size for f in info["files"])},
+            "sizes": {"llm_bytes": sum(f.stat().st_size for f in llm_dir.rglob("*")
+                                       if f.is_file() and not f.name.startswith("tokenizer"))},
             "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if opts.backend == "onnx":
+            man["onnx_llm"] = onnx_llm
         if opts.parity:
             from respi_edge.runtime.prompts import get_task
 

@@ -15,14 +15,12 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 from . import audio as audio_fe
 from . import contract
 from .dms import build_dms
-from .errors import PromptError
-from .load import load_model  # noqa: F401  (re-exported)
-from .model import ModelInfo, RespLLM
+from .errors import DependencyError, PromptError
+from .info import ModelInfo
 from .prompts import Task, get_task, task_from_prompt
 
 DISCLAIMER = "Screening aid, not a diagnosis: confirm every result clinically."
@@ -46,8 +44,27 @@ class Prediction:
         return asdict(self)
 
 
-def softmax(logits: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits.float(), dim=-1)
+def load_model(*args, **kwargs):
+    """`load.load_model` (torch): an official/compact checkpoint + base LLM, or the built-in model."""
+    try:
+        from .load import load_model as _load
+    except ImportError as e:
+        raise DependencyError(f"checkpoints and the built-in model need torch and transformers ({e}): "
+                              f"pip install 'respi-edge[torch]', or run an exported bundle with --bundle") from None
+    return _load(*args, **kwargs)
+
+
+def to_numpy(x) -> np.ndarray:
+    """Logits from either backend (torch tensor or numpy array) as float64 numpy."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def softmax(logits) -> np.ndarray:
+    z = to_numpy(logits)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def resolve_task(model_info: ModelInfo, task: str | None, prompt: str | None) -> Task:
@@ -66,7 +83,7 @@ def resolve_task(model_info: ModelInfo, task: str | None, prompt: str | None) ->
 class Session:
     """One patient and one task: prompt + DMS keys/values computed once, then any number of windows."""
 
-    def __init__(self, model: RespLLM, task: str | None = None, prompt: str | None = None, *,
+    def __init__(self, model, task: str | None = None, prompt: str | None = None, *,
                  dms: str | None = None, gender: str | None = None, age: str | None = None,
                  location: str | None = None, history: str | None = None, symptoms: str | None = None,
                  threshold: float | None = None):
@@ -85,14 +102,15 @@ class Session:
             self._prefix = self.model.prefix(self.prompt_ids, self.dms_ids)
         return self._prefix
 
-    def logits(self, spec: np.ndarray | torch.Tensor, *, reuse_prefix: bool = True) -> torch.Tensor:
-        spec = torch.as_tensor(np.asarray(spec, dtype=np.float32))
+    def logits(self, spec, *, reuse_prefix: bool = True):
+        """Logits of one window (a torch tensor or a numpy array, as the backend computes them)."""
+        spec = np.asarray(spec, dtype=np.float32)
         if reuse_prefix:
             return self.model.score(self.prefix, self.model.embed_audio(spec))[0]
         return self.model.forward(spec, self.prompt_ids, self.dms_ids)[0]
 
-    def prediction(self, logits: torch.Tensor, source: str) -> Prediction:
-        p = float(softmax(logits)[-1]) if logits.numel() == 2 else float(softmax(logits)[1])
+    def prediction(self, logits, source: str) -> Prediction:
+        p = float(softmax(logits)[1])
         pos = p >= self.threshold
         info = self.model.info
         return Prediction(source=source, task=self.task.id, prob=p, logits=[float(x) for x in logits],
@@ -130,7 +148,7 @@ def input_spectrogram(path: str | os.PathLike) -> np.ndarray:
     return audio_fe.spectrogram(p)
 
 
-def predict(model: RespLLM, audio, *, sr: int | None = None, task: str | None = None, prompt: str | None = None,
+def predict(model, audio, *, sr: int | None = None, task: str | None = None, prompt: str | None = None,
             **dms_fields) -> Prediction:
     """Score one audio file (path) or array (with `sr`) for one task and patient."""
     s = Session(model, task, prompt, **dms_fields)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import BundleError
 
@@ -151,5 +150,5 @@ def summary(man: dict, v: Verification | None = None) -> list[str]:
 
 
 def spec_array(spec) -> np.ndarray:
-    a = spec.numpy() if isinstance(spec, torch.Tensor) else np.asarray(spec)
+    a = spec.detach().cpu().numpy() if hasattr(spec, "detach") else np.asarray(spec)
     return a.astype(np.float32, copy=False)

@@ -11,13 +11,14 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import contract
 from .errors import CheckpointError
+from .hparams import HParams
 
 LLM_PREFIX = "llm_model."
 ENC_PREFIX = "audio_encoder."
@@ -26,34 +27,6 @@ ALIGNER_B = "aligner.bias"
 HEAD_W = "output_projection.linear.weight"
 HEAD_B = "output_projection.linear.bias"
 COMPACT_META_KEY = "respi_edge"  # safetensors metadata key holding the compact form's JSON
-
-
-@dataclass
-class HParams:
-    """Hyper-parameters of a RespLLM, read from tensor shapes where the checkpoint allows (§4)."""
-
-    d_llm: int
-    enc_dim: int = contract.ENC_DIM
-    n_cls: int = contract.N_CLS
-    d_ff: int = contract.D_FF
-    patch_nums: int = contract.N_AUDIO_TOKENS
-    llm_mode: str = "lora"  # lora | frozen
-    llm_lora_r: int | None = None
-    llm_lora_alpha: float = contract.LLM_LORA_ALPHA
-    llm_lora_targets: list[str] = field(default_factory=list)
-    enc_mode: str = "frozen"  # frozen (also 'full') | lora | absent
-    enc_lora_r: int | None = None
-    enc_lora_alpha: float = contract.ENC_LORA_ALPHA
-    llm_hidden: int | None = None
-    llm_layers: int | None = None
-    llm_vocab: int | None = None
-
-    @property
-    def llm_scaling(self) -> float:
-        return self.llm_lora_alpha / self.llm_lora_r if self.llm_lora_r else 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -179,13 +179,18 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
               help="Score reference and bundle on real recordings and record their agreement.")
 @click.option("--parity-manifest", type=click.Path(dir_okay=False), help="Extra recordings (manifest CSV) for parity.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--backend", type=click.Choice(["torch-bnb", "onnx"]), default="torch-bnb", show_default=True,
+              help="torch-bnb: bitsandbytes LLM (GPU/CPU); onnx: whole model in ONNX Runtime, no torch needed.")
+@click.option("--block-size", type=click.Choice(["32", "128"]), default="32", show_default=True,
+              help="--backend onnx: MatMulNBits block size.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the parity check runs.")
 @click.option("--task", "task", help="Task the bundle screens for (default: the checkpoint's own).")
 @click.option("--threshold", type=float, help="Decision threshold stored in the bundle (default: the checkpoint's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @friendly_errors
 def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encoder_variants, parity, parity_manifest,
-           out, device, task, threshold, as_json) -> None:
+           out, backend, block_size, device, task, threshold, as_json) -> None:
     """Merge LoRA, quantize the LLM, export encoder + projector to ONNX: a self-verifying bundle."""
     from respi_edge.export.exporter import ExportOptions, export_bundle
 
@@ -194,7 +199,8 @@ def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encod
     variants = tuple(v.strip() for v in encoder_variants.split(",") if v.strip())
     opts = ExportOptions(bits=int(bits), quant=quant, double_quant=double_quant,
                          quantize_embeddings=not no_embedding_quant, encoder_variants=variants, parity=parity,
-                         parity_manifest=parity_manifest, device=device)
+                         parity_manifest=parity_manifest, device=device, backend=backend,
+                         block_size=int(block_size))
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     man = export_bundle(out, checkpoint, llm, opts, say=say, task=task, threshold=threshold)
     if as_json:
@@ -311,11 +317,10 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, device, repea
     """Per-stage latency p50/p95/p99/max, cold start, peak memory, roofline floor."""
     import importlib.resources
 
-    import torch
-
     from respi_edge.bench import latency as L
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    cuda = L.torch is not None and L.torch.cuda.is_available()
+    dev = ("cuda" if cuda else "cpu") if device == "auto" else device
     if audio_file is None:
         audio_file = str(importlib.resources.files("respi_edge.configs") / "parity" / "40638274_9.7_1_p2_1684.flac")
     rows = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from . import contract
 from .checkpoint import HParams
 from .errors import CheckpointError
+from .info import ModelInfo  # noqa: F401  (re-exported)
 from .lora import LoraPair
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,6 @@ class PrefixState:
     length: int
     cache: object | None  # transformers Cache, None for an empty prefix
     embeds: torch.Tensor  # (1, length, d_llm), kept for the full-forward path and checks
-
-
-@dataclass
-class ModelInfo:
-    """What the loaded model is, for printing next to every probability."""
-
-    name: str
-    untrained: bool = False
-    caveats: list[str] = field(default_factory=list)
-    threshold: float = 0.5
-    task: str | None = None
-    source: str | None = None
 
 
 class FlattenHead(nn.Module):

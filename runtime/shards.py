@@ -12,16 +12,28 @@ import os
 import struct
 from pathlib import Path
 
-import torch
-
 from .errors import BundleError
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
+
+def np_safetensors(path: str | os.PathLike) -> dict:
+    """A safetensors file as numpy arrays (no torch: the ONNX backend)."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
 
 
-def mmap_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _dtypes():
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool}
+
+
+def mmap_safetensors(path: str | os.PathLike) -> dict:
+    import torch
+
+    dtypes = _dtypes()
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
@@ -31,7 +43,7 @@ def mmap_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for k, info in header.items():
         if k == "__metadata__":
             continue
-        dtype = DTYPES[info["dtype"]]
+        dtype = dtypes[info["dtype"]]
         lo, hi = info["data_offsets"]
         count = (hi - lo) // torch.empty((), dtype=dtype).element_size()
         t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + lo) if count else torch.empty(0, dtype=dtype)
@@ -39,11 +51,11 @@ def mmap_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_sharded(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_sharded(folder: str | os.PathLike) -> dict:
     files = sorted(Path(folder).glob("model*.safetensors"))
     if not files:
         raise BundleError(f"{folder}: no model*.safetensors shards")
-    out: dict[str, torch.Tensor] = {}
+    out: dict = {}
     for f in files:
         out.update(mmap_safetensors(f))
     return out

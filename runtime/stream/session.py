@@ -116,7 +116,7 @@ class Worker(threading.Thread):
         t3 = time.monotonic()
         if self.slow:
             time.sleep(self.slow)
-        p = self.session.prediction(logits.float().cpu(), f"window {job.index}")
+        p = self.session.prediction(logits, f"window {job.index}")
         rec.update(status="scored", prob=p.prob, decision=p.decision, positive=p.positive, threshold=p.threshold,
                    logits=p.logits)
         rec["latency_ms"] = {"capture_to_window": 1000 * (job.emitted - job.captured),

@@ -1,0 +1,1 @@
+"""Inference engines behind one interface: tokenize / embed_audio / prefix / score / forward."""

@@ -1,0 +1,114 @@
+"""The torch-free backend: whole model in ONNX Runtime, run from a virtual environment without torch.
+
+`.ci/run` builds that environment (`.venv-edge`: `pip install -e .[cpu,audio,plots]`, no torch, no
+transformers); RESPI_EDGE_EDGE_PYTHON may point elsewhere. A missing environment fails, it never skips.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, shared_path
+from respi_edge.export.exporter import ExportOptions, export_bundle
+from respi_edge.runtime.bundle import load_bundle
+from respi_edge.runtime.load import load_model
+
+
+@pytest.fixture(scope="module")
+def edge_python():
+    py = Path(os.environ.get("RESPI_EDGE_EDGE_PYTHON", ROOT / ".venv-edge" / "bin" / "python"))
+    if not py.exists():
+        pytest.fail(f"torch-free environment missing ({py}); create it as .ci/run does: python3 -m venv .venv-edge "
+                    f"&& .venv-edge/bin/pip install -e '.[cpu,audio,plots]'", pytrace=False)
+    r = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
+    assert r.returncode != 0 and "No module named 'torch'" in r.stderr, "the edge environment must not have torch"
+    r = subprocess.run([str(py), "-c", "import transformers"], capture_output=True, text=True)
+    assert r.returncode != 0, "the edge environment must not have transformers"
+    return py
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    ck = d / "tiny.pt"
+    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(ck)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    llm = shared_path("golden", "respllm_tiny", "llm")
+    out = {}
+    for bits in (16, 4):
+        out[bits] = d / f"onnx{bits}"
+        export_bundle(out[bits], str(ck), str(llm), ExportOptions(bits=bits, backend="onnx", encoder_variants=()),
+                      say=lambda m: None, task="S7")
+    return ck, llm, out, d
+
+
+def test_onnx_trunk_with_past_equals_the_torch_reference(tiny):
+    ck, llm, b, _ = tiny
+    ref = load_model(ck, llm)
+    model = load_bundle(b[16])
+    man = json.loads(shared_path("golden", "respllm_tiny", "manifest.json").read_text())
+    exp = np.load(shared_path("golden", "respllm_tiny", "expected.npz"))
+    for c in man["cases"]:
+        # the tokenizers JSON gives exactly the ids transformers gives (and the golden holds)
+        assert model.tokenize(c["prompt"]).tolist() == [exp[f"{c['case']}/prompt_ids"].tolist()]
+        assert model.tokenize(c["dms"]).reshape(-1).tolist() == exp[f"{c['case']}/dms_ids"].tolist()
+        spec = exp[f"{c['case']}/spec"]
+        pre = model.prefix(model.tokenize(c["prompt"]), model.tokenize(c["dms"]))
+        cached = model.score(pre, model.embed_audio(spec))[0]
+        full = model.forward(spec, model.tokenize(c["prompt"]), model.tokenize(c["dms"]))[0]
+        assert np.abs(cached - full).max() < 1e-4  # explicit past key/values: prefix reuse is exact
+        # fp16 weights and embeddings: close to the golden logits
+        assert np.abs(cached - exp[f"{c['case']}/logits"]).max() < 5e-3
+    # 4-bit MatMulNBits vs fp16 weights (block-32 scales and graph overhead weigh a lot in a 64-wide model)
+    assert (b[4] / "llm" / "trunk.onnx").stat().st_size < 0.6 * (b[16] / "llm" / "trunk.onnx").stat().st_size
+    logits_ref = ref.logits(torch.from_numpy(exp["c2_S7_full/spec"]), man["cases"][1]["prompt"],
+                            man["cases"][1]["dms"])[0].numpy()
+    assert np.abs(logits_ref - exp["c2_S7_full/logits"]).max() < 1e-4
+
+
+def _run(py, *args):
+    env = {**os.environ, "PYTHONPATH": ""}
+    return subprocess.run([str(Path(py).parent / "respi-edge"), *args], capture_output=True, text=True, env=env)
+
+
+def test_torch_free_environment_screens_predicts_verifies_and_benches(edge_python, tiny):
+    ck, llm, b, d = tiny
+    wav = shared_path("golden", "mel", "inputs", "a3_lung_8k_mono_int16.wav")
+    r = _run(edge_python, "predict", str(wav), "--bundle", str(b[4]), "--json")
+    assert r.returncode == 0, r.stderr
+    p4 = json.loads(r.stdout.strip().splitlines()[-1])["prob"]
+    ref = load_model(ck, llm)
+    from respi_edge.runtime import api
+
+    p_ref = api.Session(ref, "S7").score_file(wav).prob
+    drift = json.loads((b[4] / "manifest.json").read_text())["parity"]["bundle_vs_reference_prob_max_abs"]
+    assert abs(p4 - p_ref) <= max(0.15, 2 * drift), (p4, p_ref, drift)  # within the drift export measured
+    rec = shared_path("data", "sprsound2022", "audio", "40138127_14.7_0_p3_139.flac")
+    r = _run(edge_python, "screen", "--bundle", str(b[4]), "--file", str(rec), "--fast", "--json", "--hop", "1")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert lines[-1]["type"] == "summary" and lines[-1]["scored"] >= 1
+    data = shared_path("data", "sprsound2022")
+    rows = list(csv.DictReader(open(data / "test_intra.csv")))
+    pick = [x for x in rows if x["label"] == "1"][:3] + [x for x in rows if x["label"] == "0"][:3]
+    man = d / "six.csv"
+    with open(man, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for x in pick:
+            w.writerow({**x, "path": str(data / x["path"])})
+    r = _run(edge_python, "verify", "--bundle", str(b[4]), "--reference", str(b[16]), "--data", str(man),
+             "--bootstrap", "50", "--out", str(d / "verify"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 6 and (d / "verify" / "roc.png").is_file()
+    r = _run(edge_python, "bench", "latency", "--bundle", str(b[4]), "--repeat", "2", "--warmup", "1")
+    assert r.returncode == 0 and "LLM (prefix reuse)" in r.stdout, r.stderr
