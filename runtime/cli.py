@@ -291,6 +291,27 @@ def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, 
 
 # ---- commands of bench/ and calibration/ (issue 6) ----
 
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Calibration manifest CSV.")
+@click.option("--target-sensitivity", type=float, default=None,
+              help="Pick the highest threshold reaching this sensitivity (default: Youden's J).")
+@click.option("--task", "task", help="Task id (default: the bundle's).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def calibrate(bundle_dir, data, target_sensitivity, task, as_json) -> None:
+    """Calibrate the bundle's decision threshold on labelled recordings and store it in the bundle."""
+    from respi_edge.calibration.threshold import calibrate_threshold
+
+    info = calibrate_threshold(bundle_dir, data, target_sensitivity=target_sensitivity, task=task)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+    else:
+        click.echo(f"threshold {info['threshold']:.4f} ({info['method']}, n={info['n']}): sensitivity "
+                   f"{info['sensitivity']:.3f}, specificity {info['specificity']:.3f} on the calibration data "
+                   f"(was {info['previous_threshold']}); {DISCLAIMER_SHORT}")
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (results as JSON + Markdown)."""

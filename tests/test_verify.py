@@ -100,3 +100,23 @@ def test_manifest_errors(tmp_path):
         read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},1,\n"))
     m = read_manifest(shared_path("data", "sprsound2022", "test_intra.csv"))
     assert len(m) == 324 and m.rows[0].dms.keys() == {"gender", "age", "location"}
+
+
+def test_threshold_calibration_is_stored_and_the_bundle_still_verifies(setup, tmp_path):
+    import shutil
+
+    from respi_edge.runtime.bundle import load_bundle, verify as verify_bundle
+
+    _, _, bundle, man, _ = setup
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    r = CliRunner().invoke(main, ["calibrate", "--bundle", str(b), "--data", str(man), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert 0 <= info["threshold"] <= 1 and info["method"] == "youden" and info["n"] == 16
+    m, v = verify_bundle(b)
+    assert v.ok and m["threshold"] == info["threshold"] and m["calibration"]["previous_threshold"] == 0.5
+    assert load_bundle(b).info.threshold == info["threshold"]
+    r = CliRunner().invoke(main, ["calibrate", "--bundle", str(b), "--data", str(man), "--target-sensitivity",
+                                  "1.0", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["sensitivity"] == 1.0
