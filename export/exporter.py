@@ -50,6 +50,8 @@ class ExportOptions:
     parity_manifest: str | None = None  # extra real recordings for the parity check
     backend: str = "torch-bnb"  # torch-bnb (bitsandbytes LLM) | onnx (whole model in ONNX Runtime)
     block_size: int = 32  # onnx backend: MatMulNBits block
+    calibration: str | None = None  # manifest: static int8 encoder variant, and the drift budget's data
+    max_drift: float | None = None  # keep the most sensitive LLM layers at 8/16 bits until mean |Δp| <= this
     device: str = "cpu"
     shard_bytes: int = 512 << 20
 
@@ -136,6 +138,24 @@ def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: 
     return par
 
 
+def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantScheme, say) -> dict:
+    """Per-layer sensitivity on the calibration manifest, then the cheapest plan within --max-drift."""
+    from respi_edge.calibration.sensitivity import DriftMeter, calibration_set, precision_plan
+    from respi_edge.runtime.prompts import get_task
+
+    if opts.calibration is None:
+        raise BundleError("--max-drift needs --calibration MANIFEST (the recordings the drift is measured on)")
+    if scheme.bits != 4:
+        raise BundleError("--max-drift plans 4-bit exports (layers are kept at 8 or 16 bits as needed)")
+    task = get_task(ck.meta.get("task") or "sprsound_normal_vs_adventitious")
+    say(f"drift budget: per-layer sensitivity on {opts.calibration}")
+    merged = assemble(ck, llm_spec, merge_lora=True)
+    meter = DriftMeter(merged, task.prompt, calibration_set(opts.calibration))
+    info = precision_plan(meter, merged.llm.config.num_hidden_layers, opts.max_drift, scheme.quant, say)
+    info["plan"] = {int(k): int(v) for k, v in info["plan"].items()}
+    return info
+
+
 def write_onnx_llm(ck: Checkpoint, llm_spec, llm_dir: Path, scheme: QuantScheme, tokenizer) -> dict:
     """Merged fp32 trunk → ONNX with past key/values → MatMulNBits (or fp16); embeddings and tokenizer beside it.
 
@@ -172,9 +192,10 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
                   task: str | None = None, threshold: float | None = None) -> dict:
     opts = opts or ExportOptions()
     if opts.backend == "onnx":
-        if opts.quant not in (None, "int8", "fp16") or opts.double_quant:
+        if opts.quant not in (None, "int8", "fp16") or opts.double_quant or opts.max_drift is not None:
             raise BundleError("--backend onnx quantizes with onnxruntime's MatMulNBits: --bits 4/8 (block "
-                              "--block-size) or 16 (fp16); --quant nf4/fp4 and --double-quant are bitsandbytes-only")
+                              "--block-size) or 16 (fp16); --quant nf4/fp4, --double-quant and --max-drift are "
+                              "bitsandbytes-only")
         scheme = QuantScheme(opts.bits, {4: "matmulnbits-int4", 8: "matmulnbits-int8", 16: "fp16"}[opts.bits],
                              False, opts.block_size if opts.bits != 16 else 0, False)
     else:
@@ -202,12 +223,16 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
             onnx_llm = write_onnx_llm(ck, llm_spec, llm_dir, scheme, tokenizer)
             info = {"files": [onnx_llm["trunk"].split("/", 1)[1]], "tensors": None}
         else:
+            plan = None
+            if opts.max_drift is not None:
+                plan_info = drift_plan(ck, llm_spec, opts, scheme, say)
+                plan = plan_info["plan"]
             say(f"LLM: merging LoRA in float32 and writing {scheme.bits}-bit {scheme.quant} shards")
             llm_part = ck.part(ckpt.LLM_PREFIX)
             if not ck.has_llm_weights:
                 llm_part = {**base_llm_weights(base), **llm_part}
             info = write_llm(merged_tensors(llm_part, ck.hparams.llm_lora_alpha, mmapped=True), llm_dir,
-                             scheme, opts.shard_bytes)
+                             scheme, opts.shard_bytes, plan=plan)
             del llm_part
             config.save_pretrained(llm_dir)
             tokenizer.save_pretrained(llm_dir)
@@ -225,6 +250,12 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
         if "int8" in opts.encoder_variants:
             export_int8(tmp / "encoder.onnx", tmp / "encoder.int8.onnx")
             variants["int8"] = "encoder.int8.onnx"
+        if opts.calibration:  # static int8 with activation ranges from real recordings
+            from respi_edge.calibration.static_int8 import calibration_specs, export_int8_static
+
+            say("encoder: static int8 calibration")
+            export_int8_static(tmp / "encoder.onnx", tmp / "encoder.int8s.onnx", calibration_specs(opts.calibration))
+            variants["int8-static"] = "encoder.int8s.onnx"
 
         save_file({"weight": ck.state[ckpt.HEAD_W].float().contiguous(),
                    "bias": ck.state[ckpt.HEAD_B].float().contiguous()}, str(tmp / "head.safetensors"))
@@ -244,7 +275,9 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
             "threshold": float(ck.meta.get("threshold", 0.5)), "untrained": bool(ck.meta.get("untrained")),
             "caveats": caveats, "disclaimer": "Screening aid, not a diagnosis.",
             "source": {"checkpoint": source, "sha256": digest, "base_llm": base.name, "epoch": ck.epoch},
-            "hparams": hp, "quantization": scheme.to_dict(),
+            "hparams": hp, "quantization": {**scheme.to_dict(), **({"layer_plan": plan_info["plan"],
+                                                                      "drift_budget": plan_info}
+                                                                     if opts.max_drift is not None else {})},
             "llm": {"dir": "llm", "format": f"respi-edge-llm/{scheme.bits}bit", "tensors": info["tensors"]},
             "encoder": {"default": "fp32", "variants": variants, "opset": 17},
             "head": "head.safetensors", "configs": "configs", "frontend": "frontend.json",

@@ -37,8 +37,23 @@ def merged_tensors(llm_state: Mapping[str, torch.Tensor], alpha: float,
             release_pages(w)
 
 
+def layer_scheme(key: str, scheme: QuantScheme, plan: dict[int, int] | None) -> QuantScheme:
+    """The scheme of one tensor under a per-layer precision plan (calibration/sensitivity.py)."""
+    if not plan:
+        return scheme
+    from respi_edge.calibration.sensitivity import layer_of
+
+    bits = plan.get(layer_of(key), scheme.bits) if layer_of(key) is not None else scheme.bits
+    if bits == scheme.bits:
+        return scheme
+    if bits == 8:
+        return QuantScheme(8, "int8", False, 0, scheme.embeddings)
+    return QuantScheme(16, "fp16", False, 0, False)
+
+
 def write_llm(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, scheme: QuantScheme,
-              shard_bytes: int = SHARD_BYTES, progress: Callable[[str], None] | None = None) -> dict:
+              shard_bytes: int = SHARD_BYTES, progress: Callable[[str], None] | None = None,
+              plan: dict[int, int] | None = None) -> dict:
     """Write quantized shards + index into `out`; returns {"files": [...], "bytes": n, "tensors": n}."""
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, torch.Tensor]] = []
@@ -61,7 +76,7 @@ def write_llm(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, scheme: Qu
         gc.collect()
 
     for key, w in tensors:
-        for k, v in quantize_tensor(key, w, scheme).items():
+        for k, v in quantize_tensor(key, w, layer_scheme(key, scheme, plan)).items():
             n = v.numel() * v.element_size()
             if size and size + n > shard_bytes:
                 flush()

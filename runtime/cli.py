@@ -178,6 +178,12 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
 @click.option("--parity/--no-parity", default=True, show_default=True,
               help="Score reference and bundle on real recordings and record their agreement.")
 @click.option("--parity-manifest", type=click.Path(dir_okay=False), help="Extra recordings (manifest CSV) for parity.")
+@click.option("--calibration", type=click.Path(dir_okay=False),
+              help="Calibration manifest: adds a static int8 encoder variant (activation ranges from real audio) "
+                   "and is the data of --max-drift.")
+@click.option("--max-drift", type=float, default=None,
+              help="4-bit: keep the most sensitive LLM layers at 8/16 bits until the mean |dP| on --calibration "
+                   "is within this.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @click.option("--backend", type=click.Choice(["torch-bnb", "onnx"]), default="torch-bnb", show_default=True,
               help="torch-bnb: bitsandbytes LLM (GPU/CPU); onnx: whole model in ONNX Runtime, no torch needed.")
@@ -190,7 +196,7 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @friendly_errors
 def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encoder_variants, parity, parity_manifest,
-           out, backend, block_size, device, task, threshold, as_json) -> None:
+           calibration, max_drift, out, backend, block_size, device, task, threshold, as_json) -> None:
     """Merge LoRA, quantize the LLM, export encoder + projector to ONNX: a self-verifying bundle."""
     from respi_edge.export.exporter import ExportOptions, export_bundle
 
@@ -199,7 +205,8 @@ def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encod
     variants = tuple(v.strip() for v in encoder_variants.split(",") if v.strip())
     opts = ExportOptions(bits=int(bits), quant=quant, double_quant=double_quant,
                          quantize_embeddings=not no_embedding_quant, encoder_variants=variants, parity=parity,
-                         parity_manifest=parity_manifest, device=device, backend=backend,
+                         parity_manifest=parity_manifest, device=device, backend=backend, calibration=calibration,
+                         max_drift=max_drift,
                          block_size=int(block_size))
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     man = export_bundle(out, checkpoint, llm, opts, say=say, task=task, threshold=threshold)

@@ -67,9 +67,10 @@ def load_quantized_llm(config, state: Mapping[str, torch.Tensor], scheme: dict,
     with init_empty_weights(include_buffers=False):
         model = AutoModel.from_config(config, dtype=compute_dtype)
     used: set[str] = set()
-    bits = scheme["bits"]
     for name, mod in list(model.named_modules()):
         key = f"{name}.weight"
+        # per tensor: int8 + SCB = LLM.int8, packed uint8 + quant state = 4-bit, float = kept (mixed precision)
+        bits = 8 if f"{name}.SCB" in state else 4
         if isinstance(mod, nn.Linear) and key in state and not state[key].is_floating_point():
             w = state[key]
             if mod.bias is not None:
