@@ -8,7 +8,6 @@ shapes (no download), so the trunk's latency on a GPU can be measured without th
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
@@ -188,8 +187,6 @@ def bench_synthetic(name: str, bits: int, *, repeat: int, warmup: int, device: s
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     out["roofline_reuse"] = roofline(out["weight_bytes"], llm_flops(llm, AUDIO_TOKENS), device, name_dev)
     out["roofline_full"] = roofline(out["weight_bytes"], llm_flops(llm, full.shape[1]), device, name_dev)
-    del llm
-    gc.collect()
     return out
 
 

@@ -41,7 +41,7 @@ def model_identity(model, source: str | None) -> str:
     if source and Path(source).is_dir():
         return hashlib.sha256((Path(source) / "manifest.json").read_bytes()).hexdigest()
     if source and Path(source).is_file():
-        from respi_edge.runtime.checkpoint import sha256_file
+        from respi_edge.runtime.hashing import sha256_file
 
         return sha256_file(source)
     from respi_edge.runtime.builtin import DEMO_FILE, demo_available
@@ -49,7 +49,7 @@ def model_identity(model, source: str | None) -> str:
     if demo_available():
         from importlib.resources import as_file, files
 
-        from respi_edge.runtime.checkpoint import sha256_file
+        from respi_edge.runtime.hashing import sha256_file
 
         with as_file(files("respi_edge.configs") / "demo" / DEMO_FILE) as p:
             return sha256_file(p)
@@ -160,13 +160,14 @@ def markdown(report: dict, ref_name: str, new_name: str) -> str:
 
 def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str | None = None,
            task: str | None = None, budget: float | None = None, out: str | None = None,
-           n_boot: int = 2000, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+           n_boot: int = 2000, on_progress: Callable[[str, int, int], None] | None = None,
+           encoder_variant: str | None = None) -> dict:
     """Compare a bundle with its reference on a manifest; returns the report (with `passed`)."""
     from respi_edge.runtime.bundle import load_bundle, verify as verify_bundle
 
     manifest = read_manifest(data)
     man, _ = verify_bundle(bundle_dir)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, encoder_variant=encoder_variant)
     task = task or man.get("task")
     if reference and Path(reference).is_dir():
         ref_model = load_bundle(reference)
@@ -178,7 +179,7 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
     outp = Path(out or f"verify-{Path(bundle_dir).name}")
     outp.mkdir(parents=True, exist_ok=True)
     new_jsonl = outp / f"bundle-{hashlib.sha256((Path(bundle_dir) / 'manifest.json').read_bytes()).hexdigest()[:12]}" \
-                       f"-{key[:12]}.jsonl"
+                       f"-{encoder_variant or 'default'}-{key[:12]}.jsonl"
     prog = (lambda stage: (lambda i, n: on_progress(stage, i, n))) if on_progress else (lambda stage: None)
     ref = score_manifest(ref_model, manifest, task, ref_jsonl, prog("reference"))
     new = score_manifest(bundle, manifest, task, new_jsonl, prog("bundle"))
@@ -186,12 +187,13 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
     report = drift_report(ref, new, threshold, n_boot)
     report.update({"bundle": str(bundle_dir), "reference": reference or "built-in (full precision)",
                    "data": str(data), "task": task, "quantization": man.get("quantization"),
+                   "backend": man.get("backend"), "encoder_variant": encoder_variant or man["encoder"]["default"],
                    "reference_cache": str(ref_jsonl), "budget": budget})
     drop = report["auroc_reference"]["value"] - report["auroc_bundle"]["value"]
     report["auroc_drop"] = drop
     report["passed"] = budget is None or drop <= budget
     q = man.get("quantization", {})
-    name = f"bundle {q.get('bits')}-bit {q.get('quant')}"
+    name = f"bundle {q.get('bits')}-bit {q.get('quant')}, encoder {report['encoder_variant']}"
     roc_png(ref, new, outp / "roc.png", ("reference", name))
     (outp / "report.md").write_text(markdown(report, "reference", name) + "\n")
     tmp = outp / "report.json.tmp"

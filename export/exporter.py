@@ -26,7 +26,8 @@ from respi_edge.runtime import bundle as B
 from respi_edge.runtime.api import softmax, to_numpy
 from respi_edge.runtime import checkpoint as ckpt
 from respi_edge.runtime import contract
-from respi_edge.runtime.checkpoint import Checkpoint, open_checkpoint, sha256_file
+from respi_edge.runtime.checkpoint import Checkpoint, open_checkpoint
+from respi_edge.runtime.hashing import sha256_file
 from respi_edge.runtime.errors import BundleError
 from respi_edge.runtime.llm import load_config, load_tokenizer, resolve_llm
 from respi_edge.runtime.load import assemble, base_llm_weights, encoder_from_checkpoint

@@ -6,6 +6,7 @@ kept float32) and dynamic int8 (onnxruntime.quantization). optimum-onnx is not u
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -29,9 +30,7 @@ class EncoderProjector(nn.Module):
 
 
 def export_fp32(encoder: nn.Module, aligner: nn.Linear, path: Path) -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("onnx") is None:
         raise DependencyError("ONNX export needs onnx: pip install 'respi-edge[export]'") from None
     module = EncoderProjector(encoder, aligner.float()).eval()
     x = torch.rand(2, 256, 64)

@@ -21,19 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .hashing import sha256_file
 from .errors import BundleError
 
 FORMAT = "respi-edge-bundle/1"
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "MANIFEST.sha256"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(chunk), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def file_table(root: Path) -> dict[str, dict]:
@@ -136,7 +129,7 @@ def summary(man: dict, v: Verification | None = None) -> list[str]:
         f"base LLM    {man.get('source', {}).get('base_llm')}",
         f"LLM         {q.get('bits')}-bit {q.get('quant')}" + (" + double quant" if q.get("double_quant") else "")
         + f"  {man.get('sizes', {}).get('llm_bytes', 0) / 1e6:.1f} MB",
-        f"encoder     " + ", ".join(f"{k}: {v_}" for k, v_ in man.get("encoder", {}).get("variants", {}).items()),
+        "encoder     " + ", ".join(f"{k}: {v_}" for k, v_ in man.get("encoder", {}).get("variants", {}).items()),
     ]
     par = man.get("parity", {})
     if par:

@@ -6,7 +6,6 @@ The compact form written by `respi-edge train` (safetensors + JSON metadata) is 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -70,14 +69,6 @@ def release_pages(t: torch.Tensor) -> None:
     if hi > lo:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(chunk), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def read_state(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor], int | None, dict]:

@@ -375,10 +375,11 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, device, repea
 @click.option("--task", "task", help="Task id (default: the bundle's).")
 @click.option("--budget", type=float, default=None, help="Largest AUROC drop allowed; exit 1 beyond it.")
 @click.option("--bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
+@click.option("--encoder-variant", help="Encoder ONNX variant of the bundle to use (fp32, fp16, int8, int8-static).")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: verify-<bundle>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
-def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, out, as_json) -> None:
+def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_variant, out, as_json) -> None:
     """AUROC drift of a bundle against the full-precision model, with patient-grouped confidence intervals."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -394,7 +395,7 @@ def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, out, as_js
             progress.update(ids[stage], completed=i)
 
         report = run_verify(bundle_dir, data, reference=reference, llm=llm, task=task, budget=budget, out=out,
-                            n_boot=bootstrap, on_progress=on_progress)
+                            n_boot=bootstrap, on_progress=on_progress, encoder_variant=encoder_variant)
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .dms import MANIFEST_FIELDS
 from .errors import ManifestError
+from .hashing import sha256_file as file_sha256
 
 REQUIRED = ("path", "label", "patient")
 
@@ -48,14 +49,6 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(chunk), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def read_manifest(path: str | os.PathLike, *, n_classes: int = 2, require_both_classes: bool = True) -> Manifest:

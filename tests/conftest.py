@@ -30,3 +30,37 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return shared_path("golden")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """The golden tiny checkpoint in the official format, rebuilt by the golden's own script (sha256-verified)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("tiny") / "model_OpenBioLLM_3epoch.pt"
+    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llm() -> Path:
+    """Config + tokenizer of the tiny checkpoint's base LLM (the checkpoint holds every LLM weight)."""
+    return shared_path("golden", "respllm_tiny", "llm")
+
+
+def write_manifest(path: Path, split: str, n_pos: int, n_neg: int) -> Path:
+    """A manifest over the first n_pos adventitious and n_neg normal SPRSound recordings of a split."""
+    import csv
+
+    data = shared_path("data", "sprsound2022")
+    rows = list(csv.DictReader(open(data / f"{split}.csv")))
+    pick = [r for r in rows if r["label"] == "1"][:n_pos] + [r for r in rows if r["label"] == "0"][:n_neg]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in pick:
+            w.writerow({**r, "path": str(data / r["path"])})
+    return path

@@ -27,15 +27,8 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("cli") / "model_OpenBioLLM_3epoch.pt"
-    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -22,12 +22,8 @@ from respi_edge.runtime.errors import BundleError
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ck") / "model_OpenBioLLM_3epoch.pt"
-    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out, shared_path("golden", "respllm_tiny", "llm")
+def tiny(tiny_ckpt, tiny_llm):
+    return tiny_ckpt, tiny_llm
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def bundles(tiny, tmp_path_factory):
 
 
 def test_bundles_verify_and_record_parity(bundles, tiny):
-    from respi_edge.runtime.checkpoint import sha256_file
+    from respi_edge.runtime.hashing import sha256_file
 
     for bits, b in bundles.items():
         man, v = verify(b)

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -26,21 +23,6 @@ def tiny_manifest():
 @pytest.fixture(scope="session")
 def expected():
     return dict(np.load(shared_path("golden", "respllm_tiny", "expected.npz")))
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    """The official-format tiny checkpoint, rebuilt by the golden's own script (sha256-verified)."""
-    out = tmp_path_factory.mktemp("tiny") / "model_OpenBioLLM_3epoch.pt"
-    script = shared_path("golden", "respllm_tiny", "make_checkpoint.py")
-    r = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_llm():
-    return shared_path("golden", "respllm_tiny", "llm")
 
 
 @pytest.fixture(scope="session")

@@ -5,18 +5,16 @@ transformers); RESPI_EDGE_EDGE_PYTHON may point elsewhere. A missing environment
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, shared_path
+from conftest import ROOT, shared_path, write_manifest
 from respi_edge.export.exporter import ExportOptions, export_bundle
 from respi_edge.runtime.bundle import load_bundle
 from respi_edge.runtime.load import load_model
@@ -36,13 +34,9 @@ def edge_python():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_ckpt, tiny_llm):
     d = tmp_path_factory.mktemp("onnx")
-    ck = d / "tiny.pt"
-    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(ck)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    llm = shared_path("golden", "respllm_tiny", "llm")
+    ck, llm = tiny_ckpt, tiny_llm
     out = {}
     for bits in (16, 4):
         out[bits] = d / f"onnx{bits}"
@@ -97,15 +91,7 @@ def test_torch_free_environment_screens_predicts_verifies_and_benches(edge_pytho
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert lines[-1]["type"] == "summary" and lines[-1]["scored"] >= 1
-    data = shared_path("data", "sprsound2022")
-    rows = list(csv.DictReader(open(data / "test_intra.csv")))
-    pick = [x for x in rows if x["label"] == "1"][:3] + [x for x in rows if x["label"] == "0"][:3]
-    man = d / "six.csv"
-    with open(man, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for x in pick:
-            w.writerow({**x, "path": str(data / x["path"])})
+    man = write_manifest(d / "six.csv", "test_intra", 3, 3)
     r = _run(edge_python, "verify", "--bundle", str(b[4]), "--reference", str(b[16]), "--data", str(man),
              "--bootstrap", "50", "--out", str(d / "verify"), "--json")
     assert r.returncode == 0, r.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 
@@ -48,12 +47,8 @@ def mic():
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    ck = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(ck)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    model = load_model(ck, shared_path("golden", "respllm_tiny", "llm"))
+def session(tiny_ckpt, tiny_llm):
+    model = load_model(tiny_ckpt, tiny_llm)
     return api.Session(model, "S7", gender="F", age="9.7", location="p2")
 
 

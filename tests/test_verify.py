@@ -1,15 +1,12 @@
 """verify end to end on real SPRSound recordings with the golden tiny checkpoint; manifest errors."""
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import shared_path
+from conftest import shared_path, write_manifest
 from respi_edge.export.exporter import ExportOptions, export_bundle
 from respi_edge.runtime.cli import main
 from respi_edge.runtime.errors import ManifestError
@@ -17,25 +14,13 @@ from respi_edge.runtime.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_ckpt, tiny_llm):
     d = tmp_path_factory.mktemp("verify")
-    ck = d / "tiny.pt"
-    r = subprocess.run([sys.executable, str(shared_path("golden", "respllm_tiny", "make_checkpoint.py")), str(ck)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    llm = shared_path("golden", "respllm_tiny", "llm")
+    ck, llm = tiny_ckpt, tiny_llm
     bundle = d / "b16"
     export_bundle(bundle, str(ck), str(llm), ExportOptions(bits=16, encoder_variants=(), parity=False),
                   say=lambda m: None, task="S7")
-    data = shared_path("data", "sprsound2022")
-    rows = list(csv.DictReader(open(data / "test_intra.csv")))
-    pick = [r for r in rows if r["label"] == "1"][:8] + [r for r in rows if r["label"] == "0"][:8]
-    man = d / "small.csv"
-    with open(man, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in pick:
-            w.writerow({**r, "path": str(data / r["path"])})
+    man = write_manifest(d / "small.csv", "test_intra", 8, 8)
     return ck, llm, bundle, man, d
 
 
