@@ -56,7 +56,7 @@ def encoder_from_checkpoint(ck: Checkpoint) -> nn.Module:
     if enc_loras:  # compact form with encoder LoRA: apply it to the synthetic base
         from .encoder import extract_encoder_state
 
-        wrapped = {f"{ckpt.ENC_PREFIX}base_model.model.encoder.htsat.{k}": v for k, v in state.items()}
+        wrapped = {f"{ckpt.ENC_PREFIX}base_model.model.{k}": v for k, v in state.items()}  # k = encoder.htsat.X
         for k, v in enc_loras.items():
             wrapped[ckpt.ENC_PREFIX + k] = v
         state, _ = extract_encoder_state(_as_lora_layout(wrapped), alpha=ck.hparams.enc_lora_alpha)
