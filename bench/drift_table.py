@@ -1,6 +1,9 @@
 """Collect `respi-edge verify --json` reports into one drift table (bench/results/drift_test_intra.*).
 
     python -m respi_edge.bench.drift_table REPORT.json... --out bench/results/drift_test_intra
+
+A REPORT.json may also hold a list of reports (e.g. a previous drift_test_intra.json); rows are sorted by LLM bits
+(16, 8, 4), then backend, quantization and encoder variant, and a bundle seen twice keeps its last report.
 """
 from __future__ import annotations
 
@@ -9,39 +12,71 @@ import json
 from pathlib import Path
 
 
-def row(r: dict) -> str:
+def name(r: dict) -> str:
     q = r.get("quantization") or {}
-    name = f"{r.get('backend', 'torch-bnb')} {q.get('bits')}-bit {q.get('quant')}"
+    out = f"{r.get('backend', 'torch-bnb')} {q.get('bits')}-bit {q.get('quant')}"
     if q.get("layer_plan"):
         kept = sum(1 for b in q["layer_plan"].values() if b > 4)
-        name += f" + drift budget {q['drift_budget']['max_drift']} ({kept} layers kept at 8/16 bits)"
+        out += f" + drift budget {q['drift_budget']['max_drift']} ({kept} of {len(q['layer_plan'])} layers kept at 8/16 bits)"
+    return out
+
+
+def flips(r: dict) -> str:
+    out = f"{100 * r['flip_rate']:.1f} %"
+    if "flip_rate_own_thresholds" in r:  # re-calibrated bundle: also each model at its own threshold
+        out += f" (own thresholds: {100 * r['flip_rate_own_thresholds']:.1f} %)"
+    return out
+
+
+def row(r: dict) -> str:
     c = lambda x: f"{x['value']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"  # noqa: E731
-    return (f"| {name} | {r['encoder_variant']} | {c(r['auroc_bundle'])} | {c(r['delta_auroc'])} | "
-            f"{r['delong']['p']:.2f} | {100 * r['flip_rate']:.1f} % | {r['abs_dp']['median']:.4f} / "
+    return (f"| {name(r)} | {r['encoder_variant']} | {r['threshold']:.3f} | {c(r['auroc_bundle'])} | {c(r['delta_auroc'])} | "
+            f"{r['delong']['p']:.2f} | {flips(r)} | {r['abs_dp']['median']:.4f} / "
             f"{r['abs_dp']['p95']:.4f} / {r['abs_dp']['max']:.4f} | {r['mean_kl']:.1e} | {r['ece_bundle']:.3f} | "
             f"{r['sens_spec_bundle'][0]:.3f} / {r['sens_spec_bundle'][1]:.3f} |")
+
+
+def _key(r: dict) -> tuple:
+    q = r.get("quantization") or {}
+    variants = ("fp32", "fp16", "int8", "int8-static")
+    return (-int(q.get("bits") or 0), r.get("backend") != "torch-bnb", bool(q.get("layer_plan")),
+            q.get("quant") == "fp4", variants.index(r["encoder_variant"]) if r["encoder_variant"] in variants else 9)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("reports", nargs="+")
     ap.add_argument("--out", default="bench/results/drift_test_intra")
+    ap.add_argument("--note", default="", help="A paragraph printed above the table (how these bundles differ).")
     a = ap.parse_args()
-    reps = [json.loads(Path(p).read_text()) for p in a.reports if Path(p).stat().st_size]
-    ref = reps[0]
+    reps: dict[tuple, dict] = {}
+    for p in a.reports:
+        if not Path(p).stat().st_size:
+            continue
+        doc = json.loads(Path(p).read_text())
+        for r in doc if isinstance(doc, list) else [doc]:
+            reps[(r["bundle"], r["encoder_variant"])] = r
+    rows = sorted(reps.values(), key=_key)
+    ref = rows[0]
     c = lambda x: f"{x['value']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"  # noqa: E731
     md = [f"Data: `{ref['data']}` ({ref['n']} recordings, {ref['patients']} patients, {ref['positives']} positive); "
-          f"task `{ref['task']}`; reference: {ref['reference']}, AUROC {c(ref['auroc_reference'])}, ECE "
-          f"{ref['ece_reference']:.3f}, sensitivity / specificity {ref['sens_spec_reference'][0]:.3f} / "
-          f"{ref['sens_spec_reference'][1]:.3f} at the bundle threshold {ref['threshold']:.3f}. CIs: patient-grouped "
-          f"bootstrap (1,000 resamples; ΔAUROC paired). Command per row: `respi-edge verify --bundle B "
-          f"[--encoder-variant V] --data test_intra.csv --bootstrap 1000`.\n",
-          "| bundle (LLM) | encoder | AUROC | ΔAUROC | DeLong p | flips | abs Δp median / p95 / max | KL | ECE | "
-          "sens / spec |", "|---|---|---|---|---|---|---|---|---|---|"]
-    md += [row(r) for r in reps]
+          f"task `{ref['task']}`; reference: the built-in demo model in fp32 (its base LLM is the Q4_1 GGUF of "
+          f"SmolLM2-135M-Instruct, dequantized: it stands in for full precision), AUROC {c(ref['auroc_reference'])}, "
+          f"ECE {ref['ece_reference']:.3f}, sensitivity / specificity {ref['sens_spec_reference'][0]:.3f} / "
+          f"{ref['sens_spec_reference'][1]:.3f} at its threshold {ref.get('threshold_reference', ref['threshold']):.3f}. CIs: patient-grouped "
+          f"bootstrap (1,000 resamples; ΔAUROC paired); DeLong treats recordings as independent. Flips, sensitivity and "
+          f"specificity: at each bundle's threshold (column), the reference judged at the same threshold. Command per row: `respi-edge verify --bundle B "
+          f"[--encoder-variant V] --data test_intra.csv --bootstrap 1000`. Machine: 2-core AMD EPYC (Zen 4) CPU, "
+          f"no GPU (the CUDA kernels of bitsandbytes round differently; drift on a GPU was not measured).\n",
+          *([a.note + "\n"] if a.note else []),
+          "| bundle (LLM) | encoder | threshold | AUROC | ΔAUROC | DeLong p | flips | abs Δp median / p95 / max | KL | "
+          "ECE | sens / spec |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    md += [row(r) for r in rows]
     out = Path(a.out)
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(reps, indent=1))
+    for suffix, text in ((".md", "\n".join(md) + "\n"), (".json", json.dumps(rows, indent=1))):
+        tmp = out.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out.with_suffix(suffix))
     print("\n".join(md))
 
 

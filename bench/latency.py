@@ -1,17 +1,25 @@
 """`respi-edge bench latency`: per-stage latency of one screening window, llama-bench style.
 
-Stages: front end (file → spectrogram), encoder (+ projector), LLM over the 64 audio tokens on a cached
-prompt+DMS prefix (the runtime's path), LLM over the whole sequence (no prefix reuse), head; end to end =
-front end + encoder + LLM with reuse. `--synthetic NAME` builds a random-weight LLM with a real model's layer
-shapes (no download), so the trunk's latency on a GPU can be measured without the weights; the roofline floor
-(weight bytes / memory bandwidth, FLOPs / peak) is printed beside it where the device is known.
+Stages (one 8.18-s window, batch 1): front end (file → spectrogram), encoder (+ projector), the prompt + DMS
+prefix (once per session), LLM + head over the 64 audio tokens on the cached prefix (the runtime's path), LLM +
+head without prefix reuse (prefix recomputed every window), head alone, and end to end (`Session.score_file`:
+file → probability with the cached prefix). Each target runs in a fresh process by default, so cold start
+(imports + load + first window) and peak RSS belong to that target alone.
+
+`--synthetic NAME` builds a random-weight LLM trunk with a real model's layer shapes (from its published
+config; nothing is downloaded), quantized like a bundle, so the trunk's latency on a GPU can be measured without
+the weights. The roofline floor (weight bytes / memory bandwidth, FLOPs / peak) is printed beside each LLM stage
+when the device is known: vendor figures for GPUs, bandwidth and matmul throughput measured here for a CPU.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,18 +31,25 @@ try:  # the torch-free edge install times ONNX bundles without torch
 except ImportError:  # pragma: no cover - exercised in the torch-free venv
     torch = None
 
-SYNTHETIC = {  # real layer shapes: hidden, intermediate, layers, heads, kv heads, vocab, family
+# hidden, intermediate, layers, attention heads, kv heads, vocab, transformers model type (from each model's
+# config.json: Meta-Llama-3-8B, Mistral-7B-v0.1, Phi-3.5-mini-instruct, gemma-2-2b, SmolLM2-135M)
+SYNTHETIC = {
     "llama3-8b": (4096, 14336, 32, 32, 8, 128256, "llama"),
     "mistral-7b": (4096, 14336, 32, 32, 8, 32000, "mistral"),
     "phi-3.5": (3072, 8192, 32, 32, 32, 32064, "phi3"),
     "gemma2-2b": (2304, 9216, 26, 8, 4, 256000, "gemma2"),
     "smollm2-135m": (576, 1536, 30, 9, 3, 49152, "llama"),
 }
-DEVICES = {  # memory bandwidth GB/s, dense fp16/bf16 tensor TFLOP/s (vendor figures)
-    "NVIDIA H100 80GB HBM3": (3350, 989), "NVIDIA H200": (4800, 989), "NVIDIA GeForce RTX 4090": (1008, 165),
-    "NVIDIA GeForce RTX 3060": (360, 51), "Jetson AGX Orin": (204.8, 42), "Jetson Orin Nano": (68, 10),
+# memory bandwidth GB/s, dense fp16/bf16 tensor TFLOP/s (vendor datasheets, no sparsity); matched against
+# torch.cuda.get_device_name() by substring
+DEVICES = {
+    "H100 80GB HBM3": (3350, 989), "H100 PCIe": (2000, 756), "H100 NVL": (3900, 835), "H200": (4800, 989),
+    "A100-SXM4-80GB": (2039, 312), "A100-SXM4-40GB": (1555, 312), "A100-PCIE": (1935, 312),
+    "L4": (300, 121), "Tesla T4": (320, 65), "RTX 4090": (1008, 165), "RTX 4080": (717, 97),
+    "RTX 3090": (936, 71), "RTX 3060": (360, 51), "Orin": (204.8, 42),  # Jetson AGX Orin 64GB
 }
 PROMPT_TOKENS, DMS_TOKENS, AUDIO_TOKENS = 97, 17, 64  # the demo task's prompt, a typical SPRSound DMS
+DEMO_DMS = "Gender: M. Age: 7.2. Record location: right posterior chest."
 
 
 def percentiles(xs: list[float]) -> dict:
@@ -57,38 +72,61 @@ def timed(fn: Callable[[], object], repeat: int, warmup: int, sync: Callable[[],
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_bandwidth_gbs() -> float:
-    """Measured copy bandwidth of this machine (read + write of 256 MB), for the CPU roofline."""
+    """Measured copy bandwidth of this machine (read + write of 256 MB, best of 5), for the CPU roofline."""
     a = np.ones(1 << 25)
     b = np.empty_like(a)
     best = min(timed(lambda: np.copyto(b, a), 5, 1, lambda: None))
     return 2 * a.nbytes / best / 1e9
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_matmul_tflops() -> float | None:
+    """Measured fp32 matmul throughput (2048², best of 5) on torch's threads: the CPU's practical compute peak."""
+    if torch is None:
+        return None
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = min(timed(lambda: torch.mm(a, b), 5, 1, lambda: None))
+    return 2 * 2048**3 / best / 1e12
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: str) -> str:
     if device == "cuda" and torch is not None and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    return f"CPU {cpu_name()} x{os.cpu_count()}"
 
 
 def roofline(weight_bytes: int, flops: float, device: str, name: str) -> dict | None:
+    """The time no implementation can beat: streaming the weights once, or the FLOPs at peak."""
     if device == "cuda":
-        known = next((v for k, v in DEVICES.items() if k in name or name in k), None)
+        known = next((v for k, v in DEVICES.items() if k in name), None)
         if known is None:
             return None
-        bw, tf = known
+        bw, tf, basis = known[0], known[1], "vendor datasheet"
     else:
-        bw, tf = cpu_bandwidth_gbs(), None
-    out = {"bandwidth_gbs": bw, "memory_floor_ms": weight_bytes / (bw * 1e9) * 1000}
+        bw, tf, basis = cpu_bandwidth_gbs(), cpu_matmul_tflops(), "measured on this machine"
+    out = {"bandwidth_gbs": bw, "memory_floor_ms": weight_bytes / (bw * 1e9) * 1000, "basis": basis}
     if tf:
-        out["compute_floor_ms"] = flops / (tf * 1e12) * 1000
+        out.update({"peak_tflops": tf, "compute_floor_ms": flops / (tf * 1e12) * 1000})
     return out
 
 
-def llm_weight_bytes(llm: torch.nn.Module) -> int:
+def llm_weight_bytes(llm) -> int:
     """Bytes of the weights a forward streams (the embedding table is only gathered from)."""
     total = 0
     for name, t in list(llm.named_parameters()) + list(llm.named_buffers()):
@@ -98,39 +136,47 @@ def llm_weight_bytes(llm: torch.nn.Module) -> int:
     return total
 
 
-def llm_flops(llm: torch.nn.Module, tokens: int) -> float:
+def llm_flops(llm, tokens: int) -> float:
+    """2 · (Linear weights) · tokens; bitsandbytes layers keep in/out_features like nn.Linear."""
     n = sum(m.in_features * m.out_features for m in llm.modules() if isinstance(m, torch.nn.Linear))
     return 2.0 * n * tokens
 
 
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
 def bench_model(model, audio_file: str, *, repeat: int, warmup: int, device: str) -> dict:
-    """Stages of one window on a loaded RespLLM or bundle."""
+    """Per-stage timings of one window on a loaded RespLLM or bundle (torch or numpy backend)."""
     from respi_edge.runtime import api
     from respi_edge.runtime import audio as audio_fe
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    s = api.Session(model, dms="Gender: M. Age: 7.2. Record location: right posterior chest.")
+    sync = _sync(device)
+    s = api.Session(model, dms=DEMO_DMS)
     spec = audio_fe.spectrogram(audio_file)
-    t_spec = torch.from_numpy(spec) if torch is not None and not getattr(model, "numpy_backend", False) else spec
+    as_t = (lambda a: torch.from_numpy(a)) if torch is not None and not getattr(model, "numpy_backend", False) \
+        else (lambda a: a)
+    t_spec = as_t(spec)
     emb = model.embed_audio(t_spec)
     pre = s.prefix
+    h = as_t(np.random.default_rng(0).standard_normal((1, AUDIO_TOKENS, model.hparams.d_llm), dtype=np.float32))
+    if torch is not None and isinstance(h, torch.Tensor):
+        h = h.to(getattr(model, "device_name", "cpu"))
     stages = {
         "front end": timed(lambda: audio_fe.spectrogram(audio_file), repeat, warmup, sync),
         "encoder": timed(lambda: model.embed_audio(t_spec), repeat, warmup, sync),
-        "LLM (prefix reuse)": timed(lambda: model.score(pre, emb), repeat, warmup, sync),
-        "LLM (full sequence)": timed(lambda: model.forward(t_spec, s.prompt_ids, s.dms_ids), repeat, warmup, sync),
         "prefix (once per session)": timed(lambda: model.prefix(s.prompt_ids, s.dms_ids), max(3, repeat // 4), 1,
                                            sync),
+        "LLM+head, prefix reuse": timed(lambda: model.score(pre, emb), repeat, warmup, sync),
+        "LLM+head, no reuse": timed(lambda: model.score(model.prefix(s.prompt_ids, s.dms_ids), emb), repeat,
+                                    warmup, sync),
+        "head": timed(lambda: model._head(h), repeat, warmup, sync),
+        "end to end": timed(lambda: s.score_file(audio_file), repeat, warmup, sync),
     }
-    h = np.random.default_rng(0).standard_normal((1, 64, model.hparams.d_llm), dtype=np.float32)
-    h = torch.from_numpy(h) if torch is not None and not getattr(model, "numpy_backend", False) else h
-    stages["head"] = timed(lambda: model._head(h), repeat, warmup, sync)
-    e2e = [a + b + c for a, b, c in zip(stages["front end"], stages["encoder"], stages["LLM (prefix reuse)"])]
-    stages["end to end"] = e2e
     return {k: percentiles(v) for k, v in stages.items()}
 
 
-def build_synthetic(name: str, bits: int, device: str) -> torch.nn.Module:
+def build_synthetic(name: str, bits: int, device: str, quant: str | None = None):
     """A random-weight LLM trunk with `name`'s layer shapes, quantized like a bundle (4/8-bit bnb, or 16-bit)."""
     from transformers import AutoConfig, AutoModel
 
@@ -139,74 +185,75 @@ def build_synthetic(name: str, bits: int, device: str) -> torch.nn.Module:
                                num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
                                max_position_embeddings=4096)
     torch.manual_seed(0)
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = torch.float16 if device == "cuda" else torch.float32  # the runtime computes in fp32 on a CPU
     if bits == 16:
         return AutoModel.from_config(cfg, dtype=dtype).to(device).eval()
     from respi_edge.export.quantize import QuantScheme, quantize_tensor
     from respi_edge.runtime.backends.bnb_llm import load_quantized_llm
 
-    scheme = QuantScheme.parse(bits, None, False, embeddings=False)
+    scheme = QuantScheme.parse(bits, quant, False, embeddings=False)
     with torch.device("meta"):
         shapes = AutoModel.from_config(cfg).state_dict()
     state = {}
     for k, v in shapes.items():  # one random tensor at a time: an 8 B model never exists in fp32
-        w = torch.randn(v.shape, dtype=torch.float16 if device == "cuda" else torch.float32,
-                        device=device if device == "cuda" else "cpu") * 0.02
+        w = torch.randn(v.shape, dtype=dtype, device=device) * 0.02
+        if k.endswith("norm.weight"):
+            w = torch.ones(v.shape, dtype=dtype, device=device)
         state.update({kk: vv.to("cpu") for kk, vv in quantize_tensor(k, w, scheme).items()})
+        del w
     llm = load_quantized_llm(cfg, state, scheme.to_dict(), compute_dtype=dtype)
-    return llm.to(device) if device == "cuda" else llm
+    return (llm.to(device) if device == "cuda" else llm).eval()
 
 
-def bench_synthetic(name: str, bits: int, *, repeat: int, warmup: int, device: str) -> dict:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+def bench_synthetic(name: str, bits: int, *, repeat: int, warmup: int, device: str, quant: str | None = None) -> dict:
+    sync = _sync(device)
     t0 = time.perf_counter()
-    llm = build_synthetic(name, bits, device)
-    cold = time.perf_counter() - t0
+    llm = build_synthetic(name, bits, device, quant)
+    build_s = time.perf_counter() - t0
     hidden = SYNTHETIC[name][0]
     dtype = torch.float16 if device == "cuda" else torch.float32
     prefix = torch.randn(1, PROMPT_TOKENS + DMS_TOKENS, hidden, dtype=dtype, device=device)
     audio = torch.randn(1, AUDIO_TOKENS, hidden, dtype=dtype, device=device)
     full = torch.cat([prefix, audio], 1)
+    n = PROMPT_TOKENS + DMS_TOKENS
 
     with torch.inference_mode():
         cache = llm(inputs_embeds=prefix, use_cache=True).past_key_values
-        n = PROMPT_TOKENS + DMS_TOKENS
 
         def reuse():
             llm(inputs_embeds=audio, past_key_values=cache, use_cache=True)
             for layer in cache.layers:
                 layer.crop(n - layer.keys.shape[-2])
 
-        stages = {"LLM (prefix reuse)": timed(reuse, repeat, warmup, sync),
-                  "LLM (full sequence)": timed(lambda: llm(inputs_embeds=full, use_cache=False), repeat, warmup, sync)}
-    res = {k: percentiles(v) for k, v in stages.items()}
+        stages = {
+            f"LLM prefill {AUDIO_TOKENS} tok, prefix reuse": timed(reuse, repeat, warmup, sync),
+            f"LLM prefill {full.shape[1]} tok, no reuse": timed(lambda: llm(inputs_embeds=full, use_cache=False),
+                                                                repeat, warmup, sync),
+        }
     name_dev = device_name(device)
-    out = {"model": name, "bits": bits, "device": name_dev, "cold_start_s": cold, "stages": res,
-           "weight_bytes": llm_weight_bytes(llm), "peak_rss_mb": peak_rss_mb()}
+    wb = llm_weight_bytes(llm)
+    out = {"model": f"synthetic {name}", "kind": "synthetic", "bits": bits,
+           "quant": {4: quant or "nf4", 8: "int8", 16: "fp16" if device == "cuda" else "fp32 on CPU"}[bits],
+           "compute_dtype": str(dtype).replace("torch.", ""), "device": name_dev,
+           "threads": torch.get_num_threads(), "load_s": build_s, "stages": {k: percentiles(v) for k, v in
+                                                                             stages.items()},
+           "weight_bytes": wb, "bundle_bytes": None, "peak_rss_mb": peak_rss_mb(),
+           "tokens": {k: (AUDIO_TOKENS if "reuse" in k and "no reuse" not in k else full.shape[1]) for k in stages},
+           "roofline": {k: roofline(wb, llm_flops(llm, AUDIO_TOKENS if "no reuse" not in k else full.shape[1]),
+                                    device, name_dev) for k in stages}}
     if device == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    out["roofline_reuse"] = roofline(out["weight_bytes"], llm_flops(llm, AUDIO_TOKENS), device, name_dev)
-    out["roofline_full"] = roofline(out["weight_bytes"], llm_flops(llm, full.shape[1]), device, name_dev)
     return out
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| model | bits | device | stage | p50 ms | p95 ms | p99 ms | max ms | floor ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        for stage, p in r["stages"].items():
-            rf = r.get("roofline_reuse" if "reuse" in stage else "roofline_full") if "LLM" in stage else None
-            floor = ""
-            if rf:
-                floor = f"{max(rf['memory_floor_ms'], rf.get('compute_floor_ms', 0)):.2f}"
-            lines.append(f"| {r['model']} | {r['bits']} | {r['device']} | {stage} | {p['p50']:.1f} | {p['p95']:.1f} | "
-                         f"{p['p99']:.1f} | {p['max']:.1f} | {floor} |")
-    return "\n".join(lines)
+def bench_target(target: str | None, kind: str, audio_file: str, *, repeat: int, warmup: int, device: str,
+                 threads: int | None = None, t_start: float | None = None) -> dict:
+    """Load a bundle (kind "bundle") or a checkpoint / the built-in model (kind "model") and time its stages.
 
-
-def bench_bundle_or_model(target: str | None, kind: str, audio_file: str, *, repeat: int, warmup: int,
-                          device: str, threads: int | None = None) -> dict:
-    from respi_edge.runtime.api import load_model
+    Cold start = wall time from `t_start` (time.time() when the process was spawned: interpreter, imports, load)
+    to the first window scored; without it, from this call (libraries already imported)."""
+    t_start = time.time() if t_start is None else t_start
+    from respi_edge.runtime import api
     from respi_edge.runtime.bundle import load_bundle
 
     if device == "cuda" and torch is None:
@@ -215,33 +262,104 @@ def bench_bundle_or_model(target: str | None, kind: str, audio_file: str, *, rep
     if kind == "bundle":
         model = load_bundle(target, device=device, threads=threads)
         q = model.manifest["quantization"]
-        bits, label = q["bits"], f"{Path(target).name} ({model.manifest.get('backend')} {q['quant']})"
+        bits, quant = q["bits"], q["quant"]
+        label = f"{Path(target).name} ({model.manifest.get('backend')} {bits}-bit {quant})"
         size = sum(f["bytes"] for f in model.manifest["files"].values())
     else:
-        model = load_model(target)
-        bits, label, size = 32, f"reference fp32 ({model.info.name})", None
-    cold = time.perf_counter() - t0
-    name_dev = device_name("cuda" if getattr(model, "device_name", "cpu") == "cuda" else "cpu")
-    stages = bench_model(model, audio_file, repeat=repeat, warmup=warmup, device=device)
-    out = {"model": label, "bits": bits, "device": name_dev, "cold_start_s": cold, "stages": stages,
-           "bundle_bytes": size, "peak_rss_mb": peak_rss_mb(),
-           "weight_bytes": llm_weight_bytes(model.llm) if hasattr(model.llm, "named_parameters") else 0}
-    if device == "cuda":
+        model = api.load_model(target)
+        bits, quant, label, size = 32, "fp32", f"reference fp32 ({model.info.name})", None
+    load_s = time.perf_counter() - t0
+    api.Session(model, dms=DEMO_DMS).score_file(audio_file)
+    cold = time.time() - t_start
+    dev = "cuda" if getattr(model, "device_name", "cpu") == "cuda" else "cpu"
+    name_dev = device_name(dev)
+    stages = bench_model(model, audio_file, repeat=repeat, warmup=warmup, device=dev)
+    llm = getattr(model, "llm", None)
+    wb = llm_weight_bytes(llm) if hasattr(llm, "named_parameters") else 0
+    out = {"model": label, "kind": kind, "bits": bits, "quant": quant,
+           "compute_dtype": "fp32" if dev == "cpu" or bits == 32 else "fp16", "device": name_dev,
+           "threads": torch.get_num_threads() if torch is not None else threads, "load_s": load_s,
+           "cold_start_s": cold, "stages": stages, "bundle_bytes": size, "peak_rss_mb": peak_rss_mb(),
+           "weight_bytes": wb, "tokens": {"LLM+head, prefix reuse": AUDIO_TOKENS,
+                                          "LLM+head, no reuse": PROMPT_TOKENS + DMS_TOKENS + AUDIO_TOKENS}}
+    if dev == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if out["weight_bytes"]:
-        out["roofline_reuse"] = roofline(out["weight_bytes"], llm_flops(model.llm, AUDIO_TOKENS), device, name_dev)
+    if wb:
+        out["roofline"] = {k: roofline(wb, llm_flops(llm, t), dev, name_dev) for k, t in out["tokens"].items()}
     return out
 
 
-def write_results(rows: list[dict], out: str | None, command: str) -> None:
+def run_isolated(job: dict, timeout: float | None = None) -> dict:
+    """One target in a fresh Python process: its own cold start and peak RSS, nothing inherited."""
+    job = {**job, "spawned": time.time()}
+    r = subprocess.run([sys.executable, "-m", "respi_edge.bench.latency", json.dumps(job)], capture_output=True,
+                       text=True, timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        from respi_edge.runtime.errors import RespiEdgeError
+
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RespiEdgeError(f"latency run of {job.get('target') or job.get('synthetic')} failed: {tail}")
+    return json.loads(lines[-1])
+
+
+def run_job(job: dict) -> dict:
+    if job.get("synthetic"):
+        return bench_synthetic(job["synthetic"], int(job["bits"]), repeat=job["repeat"], warmup=job["warmup"],
+                               device=job["device"], quant=job.get("quant"))
+    return bench_target(job.get("target"), job["kind"], job["audio"], repeat=job["repeat"], warmup=job["warmup"],
+                        device=job["device"], threads=job.get("threads"), t_start=job.get("spawned"))
+
+
+def _floor(r: dict, stage: str) -> str:
+    rf = (r.get("roofline") or {}).get(stage)
+    if not rf:
+        return ""
+    mem, comp = rf["memory_floor_ms"], rf.get("compute_floor_ms", 0.0)
+    return f"{max(mem, comp):.2f} ({'mem' if mem >= comp else 'compute'})"
+
+
+def markdown(rows: list[dict]) -> str:
+    """llama-bench-like table (one line per model × stage, tokens/s for LLM stages) + a resources table."""
+    lines = ["| model | bits | device | threads | stage | p50 ms | p95 ms | p99 ms | max ms | t/s | floor ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for stage, p in r["stages"].items():
+            tok = (r.get("tokens") or {}).get(stage)
+            tps = f"{tok / p['p50'] * 1000:.0f}" if tok else ""
+            lines.append(f"| {r['model']} | {r['bits']} ({r.get('quant', '')}) | {r['device']} | "
+                         f"{r.get('threads', '')} | {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | "
+                         f"{p['max']:.1f} | {tps} | {_floor(r, stage)} |")
+    lines += ["", "| model | bits | compute | load s | cold start s (first window) | peak RSS MB | peak GPU MB | "
+                  "LLM weights MB | bundle MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mb = lambda x: f"{x / 1e6:.1f}" if x else ""  # noqa: E731
+        cold = f"{r['cold_start_s']:.1f}" if r.get("cold_start_s") is not None else ""
+        gpu = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") is not None else "n/a"
+        lines.append(f"| {r['model']} | {r['bits']} | {r.get('compute_dtype', '')} | {r.get('load_s', 0):.1f} | "
+                     f"{cold} | {r['peak_rss_mb']:.0f} | {gpu} | {mb(r.get('weight_bytes'))} | "
+                     f"{mb(r.get('bundle_bytes'))} |")
+    return "\n".join(lines)
+
+
+def write_results(rows: list[dict], out: str | None, command: str, note: str | None = None) -> None:
+    """OUT.json and OUT.md, written atomically, with the command and the machine."""
     if not out:
         return
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     tv = torch.__version__ if torch is not None else "none (onnxruntime)"
-    doc = {"command": command, "machine": device_name("cpu"), "torch": tv, "rows": rows}
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, p.with_suffix(".json"))
-    p.with_suffix(".md").write_text(f"Command: `{command}`  \nMachine: {doc['machine']}, torch {tv}\n\n"
-                                    + markdown(rows) + "\n")
+    doc = {"command": command, "machine": device_name("cpu"), "torch": tv, "note": note, "rows": rows,
+           "cpu_bandwidth_gbs": cpu_bandwidth_gbs(), "cpu_matmul_tflops": cpu_matmul_tflops()}
+    head = (f"Command: `{command}`  \nMachine: {doc['machine']}, torch {tv}; measured copy bandwidth "
+            f"{doc['cpu_bandwidth_gbs']:.1f} GB/s"
+            + (f", fp32 matmul {doc['cpu_matmul_tflops'] * 1000:.0f} GFLOP/s" if doc["cpu_matmul_tflops"] else "")
+            + "  \n" + (f"{note}  \n" if note else "") + "\n")
+    for suffix, text in ((".json", json.dumps(doc, indent=1)), (".md", head + markdown(rows) + "\n")):
+        tmp = p.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, p.with_suffix(suffix))
+
+
+if __name__ == "__main__":  # a child of run_isolated: one job as JSON in argv, one JSON line out
+    print(json.dumps(run_job(json.loads(sys.argv[1]))))

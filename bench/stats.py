@@ -49,12 +49,19 @@ def auroc(labels, probs) -> float:
     return float(roc_auc_score(labels, probs))
 
 
+def _percentile_ci(value: float, vals: list[float]) -> CI:
+    """95 % percentile interval; NaN bounds when no resample had both classes."""
+    if not vals:
+        return CI(value, float("nan"), float("nan"))
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return CI(value, float(lo), float(hi))
+
+
 def auroc_ci(labels, probs, patients, n_boot: int = 2000, seed: int = 0) -> CI:
+    """AUROC with a patient-grouped percentile bootstrap 95 % CI (resamples lacking a class are skipped)."""
     labels, probs = np.asarray(labels), np.asarray(probs)
     vals = [auroc(labels[i], probs[i]) for i in grouped_bootstrap_indices(patients, n_boot, seed)]
-    vals = np.array([v for v in vals if not math.isnan(v)])
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return CI(auroc(labels, probs), float(lo), float(hi))
+    return _percentile_ci(auroc(labels, probs), [v for v in vals if not math.isnan(v)])
 
 
 def delta_auroc_ci(labels, p_ref, p_new, patients, n_boot: int = 2000, seed: int = 0) -> CI:
@@ -65,32 +72,39 @@ def delta_auroc_ci(labels, p_ref, p_new, patients, n_boot: int = 2000, seed: int
         a, b = auroc(labels[i], p_new[i]), auroc(labels[i], p_ref[i])
         if not (math.isnan(a) or math.isnan(b)):
             vals.append(a - b)
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return CI(auroc(labels, p_new) - auroc(labels, p_ref), float(lo), float(hi))
+    return _percentile_ci(auroc(labels, p_new) - auroc(labels, p_ref), vals)
 
 
 def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong structural components V10 (per positive) and V01 (per negative), ties counted 1/2."""
-    v10 = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean(axis=1)
-    v01 = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean(axis=0)
+    """DeLong structural components, ties counted 1/2: V10[i] = P(neg < pos_i), V01[j] = P(pos > neg_j).
+
+    Computed from midranks (Sun & Xu 2014) in O(N log N) instead of the O(m·n) pairwise table."""
+    from scipy.stats import rankdata
+
+    m, n = len(pos), len(neg)
+    both = rankdata(np.concatenate([pos, neg]))
+    v10 = (both[:m] - rankdata(pos)) / n
+    v01 = 1.0 - (both[m:] - rankdata(neg)) / m
     return v10, v01
 
 
 def delong_test(labels, p_a, p_b) -> tuple[float, float, float]:
-    """DeLong et al. (1988) test of two correlated AUROCs: (ΔAUROC = a − b, z, two-sided p)."""
+    """DeLong et al. (1988) test of two correlated AUROCs on the same recordings: (ΔAUROC = a − b, z, two-sided p).
+
+    It treats recordings as independent; the patient-grouped bootstrap CI of ΔAUROC is the clustered view."""
     labels = np.asarray(labels).astype(bool)
-    comps = []
-    for p in (np.asarray(p_a, float), np.asarray(p_b, float)):
-        comps.append(_placements(p[labels], p[~labels]))
-    m, n = labels.sum(), (~labels).sum()
+    m, n = int(labels.sum()), int((~labels).sum())
+    if m < 2 or n < 2:
+        return float("nan"), float("nan"), float("nan")
+    comps = [_placements(p[labels], p[~labels]) for p in (np.asarray(p_a, float), np.asarray(p_b, float))]
     aucs = np.array([c[0].mean() for c in comps])
     s10 = np.cov(np.vstack([c[0] for c in comps]))
     s01 = np.cov(np.vstack([c[1] for c in comps]))
     s = s10 / m + s01 / n
     var = s[0, 0] + s[1, 1] - 2 * s[0, 1]
     diff = float(aucs[0] - aucs[1])
-    if var <= 0:
-        return diff, 0.0 if diff == 0 else math.inf, 1.0 if diff == 0 else 0.0
+    if var <= 1e-300:
+        return diff, 0.0 if diff == 0 else math.copysign(math.inf, diff), 1.0 if diff == 0 else 0.0
     z = diff / math.sqrt(var)
     p = math.erfc(abs(z) / math.sqrt(2))
     return diff, float(z), float(p)
@@ -115,6 +129,17 @@ def mean_kl(p_ref, p_new, eps: float = 1e-7) -> float:
     return float(np.mean(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))))
 
 
+def flip_rate(p_ref, p_new, threshold: float) -> float:
+    """Share of recordings whose decision (P >= threshold, as the runtime decides) differs."""
+    return float(np.mean((np.asarray(p_ref) >= threshold) != (np.asarray(p_new) >= threshold)))
+
+
+def abs_dp_summary(p_ref, p_new) -> dict:
+    """Distribution of |ΔP(class 1)|: median, 95th percentile, maximum."""
+    dp = np.abs(np.asarray(p_new, float) - np.asarray(p_ref, float))
+    return {"median": float(np.median(dp)), "p95": float(np.percentile(dp, 95)), "max": float(dp.max())}
+
+
 def sens_spec(labels, probs, threshold: float) -> tuple[float, float]:
     labels, pred = np.asarray(labels).astype(bool), np.asarray(probs) >= threshold
     sens = float((pred & labels).sum() / max(labels.sum(), 1))
@@ -126,7 +151,7 @@ def youden_threshold(labels, probs) -> float:
     """Threshold maximising sensitivity + specificity − 1 on these scores."""
     from sklearn.metrics import roc_curve
 
-    fpr, tpr, thr = roc_curve(labels, probs)
+    fpr, tpr, thr = roc_curve(labels, probs, drop_intermediate=False)
     i = int(np.argmax(tpr - fpr))
     return float(min(max(thr[i], 0.0), 1.0))
 
@@ -135,6 +160,6 @@ def threshold_for_sensitivity(labels, probs, target: float) -> float:
     """Largest threshold whose sensitivity reaches `target`."""
     from sklearn.metrics import roc_curve
 
-    fpr, tpr, thr = roc_curve(labels, probs)
+    fpr, tpr, thr = roc_curve(labels, probs, drop_intermediate=False)
     ok = np.flatnonzero(tpr >= target)
     return float(min(max(thr[ok[0]], 0.0), 1.0))

@@ -3,7 +3,8 @@
 In the spirit of llama.cpp's perplexity tool: the reference probabilities are computed once and cached (keyed by
 the reference's and the data's hashes), every variant is compared with them, and distributions are reported,
 not one number. Scores are written one JSON line per recording as they are produced, so a killed run keeps them
-and the next run resumes.
+and the next run resumes. Models are loaded only when a recording still needs scoring, so re-rendering a report
+(another budget, more bootstrap resamples) costs no inference.
 """
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, a shared cache may be scored twice
+    fcntl = None
+
 from respi_edge.runtime import api
 from respi_edge.runtime.dms import dms_from_row
-from respi_edge.runtime.errors import AudioError
+from respi_edge.runtime.errors import AudioError, BundleError
 from respi_edge.runtime.llm import cache_dir
 from respi_edge.runtime.manifest import Manifest, read_manifest
 
@@ -36,10 +42,17 @@ class Scored:
     error: str | None = None
 
 
+def bundle_identity(bundle_dir: str | os.PathLike) -> str:
+    """Hash of a bundle's files (weights, encoder variants, configs) as its manifest lists them: the threshold and
+    its calibration live only in manifest.json, so re-calibrating a bundle keeps its cached scores."""
+    man = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+    return hashlib.sha256(json.dumps(man["files"], sort_keys=True).encode()).hexdigest()
+
+
 def model_identity(model, source: str | None) -> str:
     """A hash that changes whenever the model's numbers could: checkpoint/bundle bytes, or the built-in model."""
     if source and Path(source).is_dir():
-        return hashlib.sha256((Path(source) / "manifest.json").read_bytes()).hexdigest()
+        return bundle_identity(source)
     if source and Path(source).is_file():
         from respi_edge.runtime.hashing import sha256_file
 
@@ -56,34 +69,51 @@ def model_identity(model, source: str | None) -> str:
     return "built-in-untrained"
 
 
-def score_manifest(model, manifest: Manifest, task: str | None, out_jsonl: Path,
-                   on_progress: Callable[[int, int], None] | None = None) -> list[Scored]:
-    """Score every row (first 8.18-s window, batch 1), appending to `out_jsonl`; rows already there are reused."""
+def _read_done(f) -> dict[str, dict]:
+    """Records already in an open (binary, append) JSONL file; a line cut by a kill is dropped (scored again)."""
+    f.seek(0)
+    text = f.read()
     done: dict[str, dict] = {}
-    if out_jsonl.is_file():
-        for line in out_jsonl.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["path"]] = rec
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill: scored again
+    for line in text.decode("utf-8", "replace").splitlines():
+        try:
+            rec = json.loads(line)
+            done[rec["path"]] = rec
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    if text and not text.endswith(b"\n"):
+        f.truncate(text.rfind(b"\n") + 1)
+    f.seek(0, os.SEEK_END)
+    return done
+
+
+def score_manifest(model, manifest: Manifest, task: str | None, out_jsonl: Path,
+                   on_progress: Callable[[int, int], None] | None = None, *,
+                   loader: Callable[[], object] | None = None) -> list[Scored]:
+    """Score every row (first 8.18-s window, batch 1, DMS from the row), appending to `out_jsonl` as it goes;
+    rows already there are reused. `loader` builds the model on first need when `model` is None.
+
+    The file is locked while scoring, so two runs sharing a reference cache score it once, not twice."""
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     results = []
     sessions: dict[str, api.Session] = {}
-    with open(out_jsonl, "a") as f:
+    with open(out_jsonl, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        done = _read_done(f)
         for i, row in enumerate(manifest.rows):
             rec = done.get(row.rel)
             if rec is None:
+                if model is None:
+                    model = loader()
                 dms = dms_from_row(row.dms)
                 s = sessions.get(dms)
                 if s is None:
                     s = sessions[dms] = api.Session(model, task, dms=dms)
                 try:
-                    p = s.score_file(row.path)
-                    rec = {"path": row.rel, "prob": p.prob}
+                    rec = {"path": row.rel, "prob": s.score_file(row.path).prob}
                 except AudioError as e:
                     rec = {"path": row.rel, "prob": None, "error": str(e)}
-                f.write(json.dumps(rec) + "\n")
+                f.write((json.dumps(rec) + "\n").encode())
                 f.flush()
             results.append(Scored(row.rel, row.label, row.patient, rec["prob"], rec.get("error")))
             if on_progress:
@@ -91,29 +121,38 @@ def score_manifest(model, manifest: Manifest, task: str | None, out_jsonl: Path,
     return results
 
 
-def drift_report(ref: list[Scored], new: list[Scored], threshold: float, n_boot: int = 2000) -> dict:
+def drift_report(ref: list[Scored], new: list[Scored], threshold: float, n_boot: int = 2000,
+                 ref_threshold: float | None = None) -> dict:
+    """Every drift statistic of `new` against `ref` on the recordings both could score.
+
+    Flips and sensitivity / specificity use the bundle's threshold for both; when the reference has another
+    threshold (a bundle re-calibrated after quantization), the agreement of each at its own threshold is added."""
     ok = [(a, b) for a, b in zip(ref, new) if a.prob is not None and b.prob is not None]
     y = np.array([a.label for a, _ in ok])
     pr = np.array([a.prob for a, _ in ok])
     pn = np.array([b.prob for _, b in ok])
     pat = [a.patient for a, _ in ok]
-    dp = np.abs(pn - pr)
     ci_r, ci_n = stats.auroc_ci(y, pr, pat, n_boot), stats.auroc_ci(y, pn, pat, n_boot)
     d = stats.delta_auroc_ci(y, pr, pn, pat, n_boot)
     dl, z, p = stats.delong_test(y, pn, pr)
     sr, spr = stats.sens_spec(y, pr, threshold)
     sn, spn = stats.sens_spec(y, pn, threshold)
+    own = {}
+    if ref_threshold is not None and ref_threshold != threshold:
+        own = {"threshold_reference": ref_threshold,
+               "flip_rate_own_thresholds": float(np.mean((pr >= ref_threshold) != (pn >= threshold))),
+               "sens_spec_reference_own_threshold": list(stats.sens_spec(y, pr, ref_threshold))}
     return {
         "n": int(len(ok)), "patients": len(set(pat)), "positives": int(y.sum()),
         "errors": sum(1 for a, b in zip(ref, new) if a.prob is None or b.prob is None),
-        "threshold": threshold,
+        "threshold": threshold, "bootstrap": n_boot,
         "auroc_reference": ci_r.to_dict(), "auroc_bundle": ci_n.to_dict(),
         "delta_auroc": d.to_dict(), "delong": {"delta": dl, "z": z, "p": p},
-        "flip_rate": float(np.mean((pr >= threshold) != (pn >= threshold))),
-        "abs_dp": {"median": float(np.median(dp)), "p95": float(np.percentile(dp, 95)), "max": float(dp.max())},
+        "flip_rate": stats.flip_rate(pr, pn, threshold),
+        "abs_dp": stats.abs_dp_summary(pr, pn),
         "mean_kl": stats.mean_kl(pr, pn),
         "ece_reference": stats.ece(y, pr), "ece_bundle": stats.ece(y, pn),
-        "sens_spec_reference": [sr, spr], "sens_spec_bundle": [sn, spn],
+        "sens_spec_reference": [sr, spr], "sens_spec_bundle": [sn, spn], **own,
     }
 
 
@@ -155,7 +194,33 @@ def markdown(report: dict, ref_name: str, new_name: str) -> str:
         f"decision flips {100 * r['flip_rate']:.1f} %; |Δp| median {r['abs_dp']['median']:.4f}, "
         f"p95 {r['abs_dp']['p95']:.4f}, max {r['abs_dp']['max']:.4f}; mean KL {r['mean_kl']:.2e}; "
         f"n = {r['n']} recordings, {r['patients']} patients, {r['errors']} unreadable.",
+        *([f"Each at its own threshold (reference {r['threshold_reference']:.3f}, bundle {r['threshold']:.3f}): "
+           f"decision flips {100 * r['flip_rate_own_thresholds']:.1f} %."] if "flip_rate_own_thresholds" in r else []),
+        *[f"Reference caveat: {c}" for c in r.get("reference_caveats", [])],
     ])
+
+
+def _reference(reference: str | None, llm: str | None, key: str) -> tuple[Callable[[], object], dict]:
+    """A loader for the reference and its (name, caveats), the latter kept beside the cache so a fully cached
+    run needs no model at all."""
+    meta_path = cache_dir() / "verify" / f"reference-{key}.json"
+
+    def load():
+        if reference and Path(reference).is_dir():
+            from respi_edge.runtime.bundle import load_bundle
+
+            model = load_bundle(reference)
+        else:
+            model = api.load_model(reference, llm)
+        meta = {"name": model.info.name, "caveats": list(model.info.caveats), "threshold": model.info.threshold}
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)
+        return model
+
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    return load, meta
 
 
 def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str | None = None,
@@ -166,26 +231,33 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
     from respi_edge.runtime.bundle import load_bundle, verify as verify_bundle
 
     manifest = read_manifest(data)
-    man, _ = verify_bundle(bundle_dir)
-    bundle = load_bundle(bundle_dir, encoder_variant=encoder_variant)
+    man, v = verify_bundle(bundle_dir)
+    if not v.ok:
+        raise BundleError(f"{bundle_dir}: refusing a damaged bundle: {'; '.join(v.problems[:3])}")
+    if encoder_variant and encoder_variant not in man["encoder"]["variants"]:
+        raise BundleError(f"{bundle_dir}: no encoder variant {encoder_variant!r}; it has "
+                          f"{', '.join(man['encoder']['variants'])}")
     task = task or man.get("task")
-    if reference and Path(reference).is_dir():
-        ref_model = load_bundle(reference)
-    else:
-        ref_model = api.load_model(reference, llm)
-    ref_id = model_identity(ref_model, reference)
-    key = hashlib.sha256(f"{CACHE_VERSION}|{ref_id}|{manifest.sha256()}|{task}".encode()).hexdigest()[:24]
+    ref_id = model_identity(None, reference)
+    llm_key = f"|llm={llm}" if llm else ""  # a compact checkpoint's numbers depend on its base LLM too
+    key = hashlib.sha256(f"{CACHE_VERSION}|{ref_id}|{manifest.sha256()}|{task}{llm_key}".encode()).hexdigest()[:24]
     ref_jsonl = cache_dir() / "verify" / f"reference-{key}.jsonl"
     outp = Path(out or f"verify-{Path(bundle_dir).name}")
     outp.mkdir(parents=True, exist_ok=True)
-    new_jsonl = outp / f"bundle-{hashlib.sha256((Path(bundle_dir) / 'manifest.json').read_bytes()).hexdigest()[:12]}" \
-                       f"-{encoder_variant or 'default'}-{key[:12]}.jsonl"
+    new_jsonl = outp / f"bundle-{bundle_identity(bundle_dir)[:12]}-{encoder_variant or 'default'}-{key[:12]}.jsonl"
     prog = (lambda stage: (lambda i, n: on_progress(stage, i, n))) if on_progress else (lambda stage: None)
-    ref = score_manifest(ref_model, manifest, task, ref_jsonl, prog("reference"))
-    new = score_manifest(bundle, manifest, task, new_jsonl, prog("bundle"))
+    load_ref, _ = _reference(reference, llm, key)
+    ref = score_manifest(None, manifest, task, ref_jsonl, prog("reference"), loader=load_ref)
+    new = score_manifest(None, manifest, task, new_jsonl, prog("bundle"),
+                         loader=lambda: load_bundle(bundle_dir, encoder_variant=encoder_variant, manifest=man))
+    _, meta = _reference(reference, llm, key)
+    if meta is None:  # a cache written before the metadata was kept: load once to learn the caveats
+        load_ref()
+        _, meta = _reference(reference, llm, key)
     threshold = float(man.get("threshold", 0.5))
-    report = drift_report(ref, new, threshold, n_boot)
-    report.update({"bundle": str(bundle_dir), "reference": reference or "built-in (full precision)",
+    report = drift_report(ref, new, threshold, n_boot, meta.get("threshold"))
+    report.update({"bundle": str(bundle_dir), "reference": reference or f"built-in {meta['name']} (fp32)",
+                   "reference_caveats": meta["caveats"],
                    "data": str(data), "task": task, "quantization": man.get("quantization"),
                    "backend": man.get("backend"), "encoder_variant": encoder_variant or man["encoder"]["default"],
                    "reference_cache": str(ref_jsonl), "budget": budget})

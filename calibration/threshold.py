@@ -13,6 +13,7 @@ from respi_edge.bench import stats
 from respi_edge.bench.verify import score_manifest
 from respi_edge.runtime import bundle as B
 from respi_edge.runtime.errors import BundleError
+from respi_edge.runtime.llm import cache_dir
 from respi_edge.runtime.manifest import read_manifest
 
 
@@ -21,11 +22,12 @@ def calibrate_threshold(bundle_dir: str, data: str, *, target_sensitivity: float
     man, v = B.verify(bundle_dir)
     if not v.ok:
         raise BundleError(f"{bundle_dir}: refusing a damaged bundle: {'; '.join(v.problems[:3])}")
-    model = B.load_bundle(bundle_dir)
     manifest = read_manifest(data)
+    task = task or man.get("task")
+    # keyed by the weight files (not the threshold), so re-calibrating with another rule costs no inference
     key = hashlib.sha256(f"{man['files']}|{manifest.sha256()}|{task}".encode()).hexdigest()[:16]
-    scored = score_manifest(model, manifest, task or man.get("task"),
-                            Path(bundle_dir).parent / f".calibration-{Path(bundle_dir).name}-{key}.jsonl", on_progress)
+    scored = score_manifest(None, manifest, task, cache_dir() / "calibrate" / f"{Path(bundle_dir).name}-{key}.jsonl",
+                            on_progress, loader=lambda: B.load_bundle(bundle_dir, manifest=man))
     ok = [s for s in scored if s.prob is not None]
     y, p = np.array([s.label for s in ok]), np.array([s.prob for s in ok])
     if target_sensitivity is None:

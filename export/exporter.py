@@ -52,6 +52,7 @@ class ExportOptions:
     backend: str = "torch-bnb"  # torch-bnb (bitsandbytes LLM) | onnx (whole model in ONNX Runtime)
     block_size: int = 32  # onnx backend: MatMulNBits block
     calibration: str | None = None  # manifest: static int8 encoder variant, and the drift budget's data
+    static_int8: bool = True  # with --calibration: also build the static int8 encoder variant (slow: ORT's QDQ pass)
     max_drift: float | None = None  # keep the most sensitive LLM layers at 8/16 bits until mean |Δp| <= this
     device: str = "cpu"
     shard_bytes: int = 512 << 20
@@ -99,33 +100,45 @@ def _max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
+def _logits_on_audio(model, audio: torch.Tensor, prompt_ids: torch.Tensor, dms_ids: torch.Tensor) -> torch.Tensor:
+    """RespLLM.forward's full pass (no prefix cache) on precomputed audio embeddings: the encoder, identical in
+    the merged and unmerged models, then runs once per input instead of once per model."""
+    with torch.inference_mode():
+        text = torch.cat([model.embed_tokens(prompt_ids), model.embed_tokens(dms_ids)], dim=1)
+        x = torch.cat([text.to(audio.dtype), audio], dim=1)
+        return model._head(model.llm(inputs_embeds=x, use_cache=False).last_hidden_state)
+
+
 def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: ExportOptions, task_prompt: str,
                    say: Callable[[str], None]) -> dict:
-    """Max |Δ| of each encoder variant vs torch, merged vs unmerged logits, bundle vs reference logits/P."""
+    """Max |Δ| of each encoder variant vs torch (batch of all inputs, and B=1 vs B=3), merged vs unmerged logits,
+    bundle vs reference logits/P."""
     from respi_edge.runtime.backends.onnx_audio import OnnxAudio
 
     ref = assemble(ck, llm_spec)  # full precision, LoRA unmerged: the reference computation
     merged = assemble(ck, llm_spec, merge_lora=True)
     inputs = parity_inputs(opts.parity_manifest)
     specs = np.stack([s for _, s, _ in inputs])
-    emb_ref = ref.embed_audio(torch.from_numpy(specs)).numpy()
+    emb_ref = ref.embed_audio(torch.from_numpy(specs))
     par: dict = {}
     for name, rel in man["encoder"]["variants"].items():
-        par[f"encoder_{name}_max_abs"] = _max_abs(OnnxAudio(bundle_dir / rel, "cpu").embed(specs), emb_ref)
-    emb_b3 = OnnxAudio(bundle_dir / man["encoder"]["variants"]["fp32"], "cpu").embed(specs[:3])
-    par["encoder_fp32_batch3_vs_single_max_abs"] = max(
-        _max_abs(emb_b3[i], OnnxAudio(bundle_dir / man["encoder"]["variants"]["fp32"], "cpu").embed(specs[i:i + 1])[0])
-        for i in range(min(3, len(specs))))
+        onnx = OnnxAudio(bundle_dir / rel, "cpu")
+        par[f"encoder_{name}_max_abs"] = _max_abs(onnx.embed(specs), emb_ref.numpy())
+        if name == "fp32":  # dynamic batch: B=3 against B=1, and both against torch
+            b3 = onnx.embed(specs[:3])
+            singles = [onnx.embed(specs[i:i + 1])[0] for i in range(min(3, len(specs)))]
+            par["encoder_fp32_batch3_vs_single_max_abs"] = max(_max_abs(b3[i], s) for i, s in enumerate(singles))
+            par["encoder_fp32_batch1_max_abs"] = max(_max_abs(s, emb_ref[i].numpy()) for i, s in enumerate(singles))
+            par["encoder_fp32_batch3_max_abs"] = _max_abs(b3, emb_ref[:3].numpy())
     say("parity: scoring the reference and the bundle")
     bundle = B.load_bundle(bundle_dir, device=opts.device, manifest=man)
     d_merge, d_logit, d_prob = [], [], []
     per_input = []
     p_ids = ref.tokenize(task_prompt)
-    for (name, spec, dms), _ in zip(inputs, range(len(inputs))):
+    for i, (name, spec, dms) in enumerate(inputs):
         d_ids = ref.tokenize(dms)
-        s = torch.from_numpy(spec)
-        lr = ref.forward(s, p_ids, d_ids)[0]
-        lm = merged.forward(s, p_ids, d_ids)[0]
+        lr = _logits_on_audio(ref, emb_ref[i:i + 1], p_ids, d_ids)[0]
+        lm = _logits_on_audio(merged, emb_ref[i:i + 1], p_ids, d_ids)[0]
         lb = to_numpy(bundle.score(bundle.prefix(bundle.tokenize(task_prompt), bundle.tokenize(dms)),
                                    bundle.embed_audio(spec))[0])
         pr, pb = float(softmax(lr)[1]), float(softmax(lb)[1])
@@ -202,8 +215,8 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
     else:
         scheme = QuantScheme.parse(opts.bits, opts.quant, opts.double_quant, opts.quantize_embeddings)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise BundleError(f"{out} exists and is not empty: choose another --out or remove it first")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out} exists and is not an empty folder: choose another --out or remove it first")
     t0 = time.time()
     ck, source, digest = _open(checkpoint)
     if task is not None:
@@ -251,7 +264,7 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
         if "int8" in opts.encoder_variants:
             export_int8(tmp / "encoder.onnx", tmp / "encoder.int8.onnx")
             variants["int8"] = "encoder.int8.onnx"
-        if opts.calibration:  # static int8 with activation ranges from real recordings
+        if opts.calibration and opts.static_int8:  # static int8 with activation ranges from real recordings
             from respi_edge.calibration.static_int8 import calibration_specs, export_int8_static
 
             say("encoder: static int8 calibration")

@@ -72,11 +72,19 @@ def verify(root: str | os.PathLike) -> tuple[dict, Verification]:
         man = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath}: unreadable manifest ({e}); the bundle is damaged, export it again") from None
+    if not isinstance(man, dict):
+        raise BundleError(f"{mpath}: not a bundle manifest (a JSON object is expected); export it again")
     if man.get("format") != FORMAT:
         raise BundleError(f"{root}: unknown bundle format {man.get('format')!r} (this respi-edge reads {FORMAT})")
-    listed = man.get("files", {})
+    listed = man.get("files")
+    if not isinstance(listed, dict) or not listed:
+        raise BundleError(f"{mpath}: the manifest lists no files; the bundle is damaged, export it again")
     total = 0
     for rel, info in listed.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not isinstance(info, dict) \
+                or not isinstance(info.get("sha256"), str) or not isinstance(info.get("bytes"), int):
+            raise BundleError(f"{mpath}: malformed file entry {rel!r}; the bundle is damaged, export it again")
         p = root / rel
         if not p.is_file():
             problems.append(f"{rel}: missing")

@@ -184,6 +184,8 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
 @click.option("--max-drift", type=float, default=None,
               help="4-bit: keep the most sensitive LLM layers at 8/16 bits until the mean |dP| on --calibration "
                    "is within this.")
+@click.option("--static-int8/--no-static-int8", default=True, show_default=True,
+              help="With --calibration: also build the static int8 encoder variant (minutes: ORT's QDQ pass).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @click.option("--backend", type=click.Choice(["torch-bnb", "onnx"]), default="torch-bnb", show_default=True,
               help="torch-bnb: bitsandbytes LLM (GPU/CPU); onnx: whole model in ONNX Runtime, no torch needed.")
@@ -196,7 +198,8 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @friendly_errors
 def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encoder_variants, parity, parity_manifest,
-           calibration, max_drift, out, backend, block_size, device, task, threshold, as_json) -> None:
+           calibration, max_drift, static_int8, out, backend, block_size, device, task, threshold,
+           as_json) -> None:
     """Merge LoRA, quantize the LLM, export encoder + projector to ONNX: a self-verifying bundle."""
     from respi_edge.export.exporter import ExportOptions, export_bundle
 
@@ -206,8 +209,7 @@ def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encod
     opts = ExportOptions(bits=int(bits), quant=quant, double_quant=double_quant,
                          quantize_embeddings=not no_embedding_quant, encoder_variants=variants, parity=parity,
                          parity_manifest=parity_manifest, device=device, backend=backend, calibration=calibration,
-                         max_drift=max_drift,
-                         block_size=int(block_size))
+                         max_drift=max_drift, static_int8=static_int8, block_size=int(block_size))
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     man = export_bundle(out, checkpoint, llm, opts, say=say, task=task, threshold=threshold)
     if as_json:
@@ -308,9 +310,15 @@ def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, 
 @friendly_errors
 def calibrate(bundle_dir, data, target_sensitivity, task, as_json) -> None:
     """Calibrate the bundle's decision threshold on labelled recordings and store it in the bundle."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     from respi_edge.calibration.threshold import calibrate_threshold
 
-    info = calibrate_threshold(bundle_dir, data, target_sensitivity=target_sensitivity, task=task)
+    with Progress(TextColumn("scoring the calibration data"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), transient=True, disable=as_json) as progress:
+        bar = progress.add_task("", total=None)
+        info = calibrate_threshold(bundle_dir, data, target_sensitivity=target_sensitivity, task=task,
+                                   on_progress=lambda i, n: progress.update(bar, completed=i, total=n))
     if as_json:
         click.echo(json.dumps(info, indent=1))
     else:
@@ -330,40 +338,56 @@ def bench() -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint for --reference.")
 @click.option("--synthetic", "synthetic", multiple=True,
               type=click.Choice(["llama3-8b", "mistral-7b", "phi-3.5", "gemma2-2b", "smollm2-135m"]),
-              help="Random-weight LLM trunk with this model's real layer shapes.")
-@click.option("--bits", "bits", multiple=True, type=click.Choice(["4", "8", "16"]), help="For --synthetic.")
+              help="Random-weight LLM trunk with this model's real layer shapes (no download).")
+@click.option("--bits", "bits", multiple=True, type=click.Choice(["4", "8", "16"]),
+              help="For --synthetic (repeatable; default 4 8 16).")
+@click.option("--quant", type=click.Choice(["nf4", "fp4"]), default=None, help="For --synthetic 4-bit (default nf4).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--repeat", type=int, default=20, show_default=True)
 @click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads of a bundle (default: all cores).")
 @click.option("--audio", "audio_file", type=click.Path(dir_okay=False), help="Recording to time (default: a shipped "
               "SPRSound parity recording).")
+@click.option("--isolate/--in-process", default=True, show_default=True,
+              help="Each target in a fresh process (own cold start and peak RSS).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write OUT.json and OUT.md.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def bench_latency(bundles, reference, checkpoint, synthetic, bits, device, repeat, warmup, audio_file, out,
-                  as_json) -> None:
-    """Per-stage latency p50/p95/p99/max, cold start, peak memory, roofline floor."""
+def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device, repeat, warmup, threads, audio_file,
+                  isolate, out, as_json) -> None:
+    """Per-stage latency p50/p95/p99/max, cold start, peak memory, roofline floor (llama-bench style)."""
     import importlib.resources
+
+    from rich.progress import Progress
 
     from respi_edge.bench import latency as L
 
     cuda = L.torch is not None and L.torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise click.BadParameter("no CUDA GPU is visible to torch", param_hint="--device")
     dev = ("cuda" if cuda else "cpu") if device == "auto" else device
     if audio_file is None:
         audio_file = str(importlib.resources.files("respi_edge.configs") / "parity" / "40638274_9.7_1_p2_1684.flac")
-    rows = []
-    for b in bundles:
-        rows.append(L.bench_bundle_or_model(b, "bundle", audio_file, repeat=repeat, warmup=warmup, device=dev))
+    common = {"repeat": repeat, "warmup": warmup, "device": dev, "audio": audio_file, "threads": threads}
+    jobs = [{**common, "kind": "bundle", "target": b} for b in bundles]
     if reference:
-        rows.append(L.bench_bundle_or_model(checkpoint, "model", audio_file, repeat=repeat, warmup=warmup,
-                                            device=dev))
-    for name in synthetic:
-        for b in (bits or ("4", "8", "16")):
-            rows.append(L.bench_synthetic(name, int(b), repeat=repeat, warmup=warmup, device=dev))
-    if not rows:
+        jobs.append({**common, "kind": "model", "target": checkpoint})
+    jobs += [{**common, "synthetic": n, "bits": int(b), "quant": quant if b == "4" else None}
+             for n in synthetic for b in (bits or ("4", "8", "16"))]
+    if not jobs:
         raise click.UsageError("nothing to time: give --bundle, --reference or --synthetic")
-    L.write_results(rows, out, "respi-edge bench latency " + " ".join(sys.argv[3:]))
+    rows = []
+    with Progress(transient=True, disable=as_json) as progress:
+        bar = progress.add_task("timing", total=len(jobs))
+        for job in jobs:
+            progress.update(bar, description=f"timing {job.get('target') or job.get('synthetic')}")
+            rows.append(L.run_isolated(job) if isolate else L.run_job(job))
+            progress.advance(bar)
+    note = None if dev == "cuda" else "CPU only: no GPU was used, so no GPU number here was measured."
+    L.write_results(rows, out, "respi-edge bench latency " + " ".join(sys.argv[3:]), note)
     click.echo(json.dumps(rows, indent=1) if as_json else L.markdown(rows))
+    if not as_json and note:
+        click.echo(note, err=True)
 
 
 @main.command()

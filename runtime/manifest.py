@@ -41,22 +41,35 @@ class Manifest:
         return [r.patient for r in self.rows]
 
     def sha256(self) -> str:
-        """Hash of the manifest text and of every listed file's size and mtime-free content digest."""
+        """Hash of the manifest text (labels, patients, DMS) and of every listed audio file's bytes: a cache key
+        that changes whenever a score or a statistic could."""
         h = hashlib.sha256(Path(self.path).read_bytes())
         for r in self.rows:
             h.update(file_sha256(r.path).encode())
         return h.hexdigest()
 
+    @property
+    def manifest_sha256(self) -> str:
+        return self.sha256()
+
     def __len__(self) -> int:
         return len(self.rows)
 
 
+def manifest_sha256(manifest: Manifest | str | os.PathLike) -> str:
+    """`Manifest.sha256()` of a manifest object or file."""
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, require_both_classes=False)
+    return m.sha256()
+
+
 def read_manifest(path: str | os.PathLike, *, n_classes: int = 2, require_both_classes: bool = True) -> Manifest:
+    """Read and check a manifest; ManifestError names the line and the problem (missing column or file, bad label,
+    empty patient id, a single class)."""
     p = Path(path)
     if not p.is_file():
         raise ManifestError(f"{p}: manifest not found")
     try:
-        with open(p, newline="", encoding="utf-8") as f:
+        with open(p, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is not part of "path"
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             records = list(reader)

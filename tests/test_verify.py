@@ -1,107 +1,167 @@
-"""verify end to end on real SPRSound recordings with the golden tiny checkpoint; manifest errors."""
+"""verify end to end on real SPRSound recordings with the golden tiny checkpoint: report, PNG, gate, cache."""
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from conftest import shared_path, write_manifest
+from conftest import write_manifest
 from respi_edge.export.exporter import ExportOptions, export_bundle
 from respi_edge.runtime.cli import main
-from respi_edge.runtime.errors import ManifestError
-from respi_edge.runtime.manifest import read_manifest
+
+HEAD_W, HEAD_B = "output_projection.linear.weight", "output_projection.linear.bias"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_ckpt, tiny_llm):
+    """The tiny checkpoint, its merged 16-bit bundle (tiny drift), and a bundle of the same model with the head's
+    two rows swapped (P -> 1 - P: AUROC -> 1 - AUROC), on 6 + 6 real test_intra recordings."""
     d = tmp_path_factory.mktemp("verify")
-    ck, llm = tiny_ckpt, tiny_llm
-    bundle = d / "b16"
-    export_bundle(bundle, str(ck), str(llm), ExportOptions(bits=16, encoder_variants=(), parity=False),
-                  say=lambda m: None, task="S7")
-    man = write_manifest(d / "small.csv", "test_intra", 8, 8)
-    return ck, llm, bundle, man, d
+    sd = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)  # the golden's own file, a test input
+    for k in (HEAD_W, HEAD_B):
+        sd["model_state_dict"][k] = sd["model_state_dict"][k].flip(0).clone()
+    flipped = d / "flipped.pt"
+    torch.save(sd, flipped)
+    out = {}
+    for name, ck in (("b16", tiny_ckpt), ("flipped", flipped)):
+        out[name] = d / name
+        export_bundle(out[name], str(ck), str(tiny_llm), ExportOptions(bits=16, encoder_variants=(), parity=False),
+                      say=lambda m: None, task="S7")
+    man = write_manifest(d / "small.csv", "test_intra", 6, 6)
+    return {"ck": tiny_ckpt, "llm": tiny_llm, "man": man, "d": d, "cache": d / "cache", **out}
 
 
-def _verify(setup, *extra):
-    ck, llm, bundle, man, d = setup
-    return CliRunner().invoke(main, ["verify", "--bundle", str(bundle), "--reference", str(ck), "--llm", str(llm),
-                                     "--data", str(man), "--bootstrap", "200", "--out", str(d / "report"), *extra])
+def _verify(s, bundle, out, *extra):
+    return CliRunner().invoke(main, ["verify", "--bundle", str(s[bundle]), "--reference", str(s["ck"]), "--llm",
+                                     str(s["llm"]), "--data", str(s["man"]), "--bootstrap", "200", "--out",
+                                     str(s["d"] / out), *extra])
 
 
-def test_report_png_and_gate(setup, monkeypatch, tmp_path):
-    monkeypatch.setenv("RESPI_EDGE_CACHE", str(tmp_path))
-    r = _verify(setup, "--budget", "0.5")
+def _ref_cache(s):
+    files = list((s["cache"] / "verify").glob("reference-*.jsonl"))
+    assert len(files) == 1
+    return files[0]
+
+
+def test_report_png_and_the_tiny_drift_of_the_merged_bundle(setup, monkeypatch):
+    monkeypatch.setenv("RESPI_EDGE_CACHE", str(setup["cache"]))
+    r = _verify(setup, "b16", "r16", "--budget", "0.05", "--json")
     assert r.exit_code == 0, r.output
-    d = setup[4] / "report"
+    d = setup["d"] / "r16"
     rep = json.loads((d / "report.json").read_text())
-    assert rep["n"] == 16 and rep["errors"] == 0 and rep["passed"]
-    # 16-bit weights: tiny drift; the CI of the reference covers its estimate
-    assert rep["abs_dp"]["max"] < 0.02 and rep["flip_rate"] <= 1 / 16
-    a = rep["auroc_reference"]
-    assert a["ci95"][0] <= a["value"] <= a["ci95"][1]
+    assert json.loads(r.stdout) == rep
+    assert rep["n"] == 12 and rep["patients"] >= 2 and rep["positives"] == 6 and rep["errors"] == 0
+    assert rep["passed"] and rep["task"] == "S7" and rep["threshold"] == 0.5
+    # LoRA merged, fp16 weights: probabilities move by far less than a decision needs
+    assert rep["abs_dp"]["max"] < 0.02 and rep["flip_rate"] <= 1 / 12 and rep["mean_kl"] < 1e-3
+    assert abs(rep["delta_auroc"]["value"]) <= 1 / 36 + 1e-9  # at most one of the 36 pos/neg pairs reordered
+    for k in ("auroc_reference", "auroc_bundle"):
+        assert rep[k]["ci95"][0] <= rep[k]["value"] <= rep[k]["ci95"][1]
+    assert rep["delta_auroc"]["ci95"][0] <= 0 <= rep["delta_auroc"]["ci95"][1] and rep["delong"]["p"] > 0.05
+    assert 0 <= rep["ece_reference"] <= 1 and len(rep["sens_spec_bundle"]) == 2
     png = (d / "roc.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert "ΔAUROC" in (d / "report.md").read_text()
-    # the gate: a budget nobody can meet exits 1
-    r = _verify(setup, "--budget", "-1")
-    assert r.exit_code == 1 and "EXCEEDS" in r.output
+    md = (d / "report.md").read_text()
+    assert "ΔAUROC" in md and "DeLong p" in md and "patient-grouped" in md
+    # scores were flushed one line per recording: the reference to the shared cache, the bundle's to --out
+    assert len(_ref_cache(setup).read_text().splitlines()) == 12
+    assert [len(p.read_text().splitlines()) for p in d.glob("bundle-*.jsonl")] == [12]
 
 
-def test_reference_cache_is_reused(setup, monkeypatch, tmp_path):
-    monkeypatch.setenv("RESPI_EDGE_CACHE", str(tmp_path))
-    assert _verify(setup).exit_code == 0
-    cache = list((tmp_path / "verify").glob("reference-*.jsonl"))
-    assert len(cache) == 1
-    lines = cache[0].read_text().splitlines()
-    assert len(lines) == 16
-    # a half-written line (a killed run) is scored again, finished lines are kept
-    cache[0].write_text("\n".join(lines[:10]) + '\n{"path": "aud')
-    assert _verify(setup).exit_code == 0
-    again = cache[0].read_text().splitlines()
-    assert again[:10] == lines[:10] and len([ln for ln in again if ln.endswith("}")]) == 16
+def test_gate_a_perturbed_bundle_with_the_cached_reference(setup, monkeypatch):
+    monkeypatch.setenv("RESPI_EDGE_CACHE", str(setup["cache"]))
+    assert _verify(setup, "b16", "r16").exit_code == 0  # the reference cache exists
+    cache = _ref_cache(setup)
+    before = cache.read_bytes()
+
+    def no_load(*a, **k):
+        raise AssertionError("the cached reference was loaded again")
+
+    monkeypatch.setattr("respi_edge.runtime.api.load_model", no_load)
+    r = _verify(setup, "flipped", "rflip", "--budget", "0")
+    assert r.exit_code == 1 and "EXCEEDS the budget 0" in r.output, r.output
+    rep = json.loads((setup["d"] / "rflip" / "report.json").read_text())
+    a = rep["auroc_reference"]["value"]
+    assert a > 0.55  # the tiny model is better than chance on these 12 recordings, so flipping it hurts
+    assert rep["auroc_bundle"]["value"] == pytest.approx(1 - a, abs=1 / 36 + 1e-9)
+    assert rep["auroc_drop"] > 0.05 and not rep["passed"] and rep["flip_rate"] > 0.5
+    # a generous budget passes; everything is cached now, so nothing is scored again
+    r = _verify(setup, "flipped", "rflip", "--budget", "0.9")
+    assert r.exit_code == 0 and "within the budget 0.9" in r.output, r.output
+    assert cache.read_bytes() == before
 
 
-def _csv(tmp_path, text):
-    p = tmp_path / "m.csv"
-    p.write_text(text)
-    return p
+def test_a_killed_run_resumes_where_it_stopped(setup, monkeypatch):
+    monkeypatch.setenv("RESPI_EDGE_CACHE", str(setup["cache"]))
+    assert _verify(setup, "b16", "r16").exit_code == 0
+    d = setup["d"] / "r16"
+    first = json.loads((d / "report.json").read_text())
+    cache = _ref_cache(setup)
+    lines = cache.read_text().splitlines()
+    bundle_jsonl = next(d.glob("bundle-*.jsonl"))
+    blines = bundle_jsonl.read_text().splitlines()
+    cache.write_text("\n".join(lines[:7]) + '\n{"path": "aud')  # killed while writing line 8
+    bundle_jsonl.write_text("\n".join(blines[:3]) + "\n")  # killed between lines
+    assert _verify(setup, "b16", "r16").exit_code == 0
+    again = cache.read_text().splitlines()
+    assert again[:7] == lines[:7] and len(again) == 12 and all(json.loads(ln)["prob"] for ln in again)
+    assert sorted(again) == sorted(lines) and sorted(bundle_jsonl.read_text().splitlines()) == sorted(blines)
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["auroc_reference"] == first["auroc_reference"] and rep["abs_dp"] == first["abs_dp"]
 
 
-def test_manifest_errors(tmp_path):
-    audio = shared_path("data", "sprsound2022", "audio", "40138127_14.7_0_p3_139.flac")
-    with pytest.raises(ManifestError, match="missing column"):
-        read_manifest(_csv(tmp_path, "file,label\nx.wav,1\n"))
-    with pytest.raises(ManifestError, match="not found"):
-        read_manifest(_csv(tmp_path, "path,label,patient\nnope.flac,1,p1\nnope2.flac,0,p2\n"))
-    with pytest.raises(ManifestError, match="not an integer"):
-        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},yes,p1\n"))
-    with pytest.raises(ManifestError, match="outside"):
-        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},2,p1\n"))
-    with pytest.raises(ManifestError, match="both classes"):
-        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},1,p1\n{audio},1,p2\n"))
-    with pytest.raises(ManifestError, match="empty patient"):
-        read_manifest(_csv(tmp_path, f"path,label,patient\n{audio},1,\n"))
-    m = read_manifest(shared_path("data", "sprsound2022", "test_intra.csv"))
-    assert len(m) == 324 and m.rows[0].dms.keys() == {"gender", "age", "location"}
-
-
-def test_threshold_calibration_is_stored_and_the_bundle_still_verifies(setup, tmp_path):
+def test_threshold_calibration_is_stored_and_the_bundle_still_verifies(setup, tmp_path, monkeypatch):
     import shutil
+
+    monkeypatch.setenv("RESPI_EDGE_CACHE", str(tmp_path / "cache"))
 
     from respi_edge.runtime.bundle import load_bundle, verify as verify_bundle
 
-    _, _, bundle, man, _ = setup
     b = tmp_path / "b"
-    shutil.copytree(bundle, b)
-    r = CliRunner().invoke(main, ["calibrate", "--bundle", str(b), "--data", str(man), "--json"])
+    shutil.copytree(setup["b16"], b)
+    r = CliRunner().invoke(main, ["calibrate", "--bundle", str(b), "--data", str(setup["man"]), "--json"])
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
-    assert 0 <= info["threshold"] <= 1 and info["method"] == "youden" and info["n"] == 16
+    assert 0 <= info["threshold"] <= 1 and info["method"] == "youden" and info["n"] == 12
     m, v = verify_bundle(b)
     assert v.ok and m["threshold"] == info["threshold"] and m["calibration"]["previous_threshold"] == 0.5
     assert load_bundle(b).info.threshold == info["threshold"]
-    r = CliRunner().invoke(main, ["calibrate", "--bundle", str(b), "--data", str(man), "--target-sensitivity",
+    r = CliRunner().invoke(main, ["calibrate", "--bundle", str(b), "--data", str(setup["man"]), "--target-sensitivity",
                                   "1.0", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["sensitivity"] == 1.0
+    # the scores were cached under the weights' hashes: the second rule cost no inference
+    assert [len(p.read_text().splitlines()) for p in (tmp_path / "cache" / "calibrate").glob("*.jsonl")] == [12]
+    # verify a re-calibrated bundle: same weights, so the same cached scores; decisions each at its own threshold
+    monkeypatch.setenv("RESPI_EDGE_CACHE", str(setup["cache"]))
+    assert _verify({**setup, "cal": b}, "cal", "r16").exit_code == 0
+    rep = json.loads((setup["d"] / "r16" / "report.json").read_text())
+    thr = verify_bundle(b)[0]["threshold"]
+    assert rep["threshold"] == thr != 0.5 and rep["threshold_reference"] == 0.5
+    assert 0 <= rep["flip_rate_own_thresholds"] <= 1 and len(list((setup["d"] / "r16").glob("bundle-*.jsonl"))) == 1
+
+
+def test_bench_latency_stages_sizes_and_synthetic_shapes(setup, tmp_path):
+    out = tmp_path / "lat"
+    r = CliRunner().invoke(main, ["bench", "latency", "--bundle", str(setup["b16"]), "--synthetic", "smollm2-135m",
+                                  "--bits", "16", "--repeat", "2", "--warmup", "0", "--in-process", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["command"].startswith("respi-edge bench latency") and "CPU" in doc["machine"]
+    assert "no GPU number here was measured" in doc["note"] and doc["cpu_bandwidth_gbs"] > 0
+    b, syn = doc["rows"]
+    assert set(b["stages"]) == {"front end", "encoder", "prefix (once per session)", "LLM+head, prefix reuse",
+                                "LLM+head, no reuse", "head", "end to end"}
+    assert all(s["n"] == (3 if k.startswith("prefix") else 2) and 0 < s["p50"] <= s["p95"] <= s["p99"] <= s["max"]
+               for k, s in b["stages"].items())  # the prefix runs at least 3 times
+    man = json.loads((setup["b16"] / "manifest.json").read_text())
+    assert b["bundle_bytes"] == sum(f["bytes"] for f in man["files"].values()) and b["peak_rss_mb"] > 0
+    assert b["cold_start_s"] >= b["load_s"] > 0 and b["roofline"]["LLM+head, prefix reuse"]["memory_floor_ms"] > 0
+    # the synthetic trunk has SmolLM2-135M's real shapes: 30 layers of q,k,v,o + gate,up,down, 31 norms, fp32 here
+    per_layer = 576 * 576 * 2 + 576 * 192 * 2 + 576 * 1536 * 3 + 2 * 576
+    assert syn["weight_bytes"] == 4 * (30 * per_layer + 576) and syn["quant"] == "fp32 on CPU"
+    reuse, full = syn["roofline"].values()
+    assert full["compute_floor_ms"] == pytest.approx(reuse["compute_floor_ms"] * 178 / 64)
+    md = out.with_suffix(".md").read_text()
+    assert "| synthetic smollm2-135m | 16 (fp32 on CPU) |" in md and "end to end" in md and "peak RSS MB" in md
