@@ -123,3 +123,28 @@ def test_static_int8_uses_calibration_ranges_from_real_spectrograms(tmp_path):
     wrong = tmp_path / "enc.int8w.onnx"
     export_int8_static(src, wrong, [s * 0.01 for s in specs])
     assert np.linalg.norm(run(wrong) - ref) / np.linalg.norm(ref) > 5 * err[static]
+
+
+def test_calibration_set_is_the_demo_validation_split(tmp_path, monkeypatch):
+    """The committed drift results calibrate on the demo's validation split: the same recordings training held out
+    (their count is the one training recorded), no patient shared with the fitted part, no test_intra recording.
+    (test_intra is SPRSound's intra-patient split: its patients are also in train, hence in this split too.)"""
+    import json
+    from importlib.resources import files
+
+    from conftest import shared_path
+    from respi_edge.bench.calibration_set import validation_rows, write_manifest as write_rows
+    from respi_edge.runtime.manifest import read_manifest
+
+    monkeypatch.setenv("RESPI_EDGE_DATA", str(shared_path("data")))
+    rows = validation_rows(str(files("respi_edge.configs") / "recipes" / "sprsound_demo.yaml"))
+    metrics = json.loads((files("respi_edge.configs") / "demo" / "metrics.json").read_text())
+    assert len(rows) == metrics["tasks"]["sprsound_normal_vs_adventitious"]["n_val"]
+    val_patients = {r.patient for r in rows}
+    train = read_manifest(shared_path("data", "sprsound2022", "train.csv"))
+    test = read_manifest(shared_path("data", "sprsound2022", "test_intra.csv"))
+    assert not {r.path for r in rows} & {r.path for r in test.rows}
+    assert {r.patient for r in train.rows if r.path not in {v.path for v in rows}}.isdisjoint(val_patients)
+    out = write_rows(rows, tmp_path / "sub" / "val.csv")  # relative paths from a folder elsewhere
+    back = read_manifest(out)
+    assert [(r.path, r.label, r.patient, r.dms) for r in back.rows] == [(r.path, r.label, r.patient, r.dms) for r in rows]

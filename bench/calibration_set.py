@@ -1,0 +1,56 @@
+"""Write a training recipe's validation split as a manifest: the calibration data of the committed drift results.
+
+    python -m respi_edge.bench.calibration_set --recipe configs/recipes/sprsound_demo.yaml --out calib/val.csv
+
+The demo model never fitted these recordings or their patients (early stopping and its threshold used them),
+and none of them is a test_intra recording, so calibrating a bundle's threshold or its drift budget on them leaves
+the test data untouched (test_intra is SPRSound's intra-patient split: its patients also appear in train). The split is recomputed with the trainer's own function and seed, so it is the same split.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+from respi_edge.runtime.dms import MANIFEST_FIELDS
+from respi_edge.runtime.manifest import Row, read_manifest
+from respi_edge.train.recipe import load_recipe
+from respi_edge.train.trainer import split_patients
+
+
+def validation_rows(recipe_path: str, task_index: int = 0) -> list[Row]:
+    recipe = load_recipe(recipe_path)
+    _, rows_va = split_patients(read_manifest(recipe.tasks[task_index].train), recipe.val_fraction, recipe.seed)
+    return rows_va
+
+
+def write_manifest(rows: list[Row], out: str | os.PathLike) -> Path:
+    """Paths written relative to the new manifest's folder, as the manifest format expects; atomic."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["path", "label", "patient", *[f for f in MANIFEST_FIELDS if any(f in r.dms for r in rows)]]
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for r in rows:
+            w.writerow([os.path.relpath(r.path, out.parent.resolve()), r.label, r.patient,
+                        *[r.dms.get(k, "") for k in fields[3:]]])
+    tmp.replace(out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    rows = validation_rows(a.recipe)
+    write_manifest(rows, a.out)
+    print(f"{a.out}: {len(rows)} recordings, {len({r.patient for r in rows})} patients, "
+          f"{sum(r.label for r in rows)} positive")
+
+
+if __name__ == "__main__":
+    main()
