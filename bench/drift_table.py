@@ -16,8 +16,12 @@ def name(r: dict) -> str:
     q = r.get("quantization") or {}
     out = f"{r.get('backend', 'torch-bnb')} {q.get('bits')}-bit {q.get('quant')}"
     if q.get("layer_plan"):
-        kept = sum(1 for b in q["layer_plan"].values() if b > 4)
-        out += f" + drift budget {q['drift_budget']['max_drift']} ({kept} of {len(q['layer_plan'])} layers kept at 8/16 bits)"
+        layers = {int(k): b for k, b in q["layer_plan"].items() if int(k) >= 0}
+        kept = sum(1 for b in layers.values() if b > 4)
+        out += f" + drift budget {q['drift_budget']['max_drift']} ({kept} of {len(layers)} layers kept at 8/16 bits"
+        if "-1" in q["layer_plan"] or -1 in q["layer_plan"]:
+            out += f", embeddings {q['layer_plan'].get('-1', q['layer_plan'].get(-1))}-bit"
+        out += ")"
     return out
 
 

@@ -1,10 +1,13 @@
 """Per-layer sensitivity of the LLM quantization on a calibration set, and a drift-budgeted precision plan.
 
-Each decoder layer's Linear weights are quantized alone (bitsandbytes quantize → dequantize, i.e. exactly the
-weights the 4-bit kernel multiplies with) and the mean |ΔP(class 1)| against the full-precision model on the
-calibration recordings measures how much that layer moves the screening output. The plan then starts from
-everything at 4 bits and keeps the most sensitive layers at 8 bits until the drift is within the budget (then
-16 bits if 8 is not enough): a budget on the task metric, which no generic quantizer offers.
+Each decoder layer's Linear weights are quantized alone and the mean |ΔP(class 1)| against the full-precision
+model on the calibration recordings measures how much that layer moves the screening output. The meter computes
+what the bundle computes: 4-bit layers multiply with bitsandbytes' quantize → dequantize weights (exactly what
+the 4-bit kernel uses), 8-bit layers are the bundle's own LLM.int8 modules (int8 activations as well: weight-only
+simulation under-estimated the 8-bit drift 4× on the demo), and the token-embedding table, quantized in a bundle
+too, is one more entry of the plan (key -1). The plan starts from everything at 4 bits and keeps the most
+sensitive entries at 8 bits until the drift is within the budget (then 16 bits if 8 is not enough): a budget on
+the task metric, which no generic quantizer offers.
 """
 from __future__ import annotations
 
@@ -16,11 +19,21 @@ import numpy as np
 import torch
 
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+EMBEDDING = -1  # plan key of the token-embedding table
 
 
 def layer_of(key: str) -> int | None:
     m = LAYER.search(key)
     return int(m.group(1)) if m else None
+
+
+def plan_key(key: str) -> int | None:
+    """Which plan entry decides a tensor's precision: its decoder layer, EMBEDDING, or None (kept as is)."""
+    return EMBEDDING if key.endswith("embed_tokens.weight") else layer_of(key)
+
+
+def _entry(k: int) -> str:
+    return "embeddings" if k == EMBEDDING else f"layer {k:2d}"
 
 
 def fake_quant(w: torch.Tensor, bits: int, quant: str = "nf4") -> torch.Tensor:
@@ -63,6 +76,9 @@ class DriftMeter:
         self.dms_ids = [model.tokenize(d) for d in cal.dms]
         self.linears = {n: m for n, m in model.llm.named_modules() if isinstance(m, torch.nn.Linear)}
         self.original = {n: m.weight.detach().clone() for n, m in self.linears.items()}
+        self.int8: dict[str, torch.nn.Module] = {}  # the bundle's 8-bit modules, built on first use
+        self.embedding = model.llm.get_input_embeddings()
+        self.embedding_original = self.embedding.weight.detach().clone()
         self.reference = self.probs()
 
     @torch.inference_mode()
@@ -74,11 +90,26 @@ class DriftMeter:
         return np.array(out)
 
     def apply(self, plan: dict[int, int], quant: str) -> None:
+        """Put the model in the state a bundle with this plan computes in (entries absent: full precision)."""
+        from respi_edge.runtime.backends.bnb_llm import int8_linear, set_module
+
         for n, m in self.linears.items():
             layer = layer_of(n)
             bits = plan.get(layer, 16) if layer is not None else 16
             w = self.original[n]
+            if bits == 8:
+                if n not in self.int8:
+                    import bitsandbytes.functional as F
+
+                    cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
+                    self.int8[n] = int8_linear(cb, scb)
+                set_module(self.model.llm, n, self.int8[n])
+                continue
             m.weight.data = fake_quant(w, bits, quant) if bits < 16 else w.clone()
+            set_module(self.model.llm, n, m)
+        bits = plan.get(EMBEDDING, 16)
+        e = self.embedding_original
+        self.embedding.weight.data = fake_quant(e, bits, quant) if bits < 16 else e.clone()
 
     def drift(self, plan: dict[int, int], quant: str) -> float:
         self.apply(plan, quant)
@@ -86,12 +117,16 @@ class DriftMeter:
 
 
 def precision_plan(meter: DriftMeter, n_layers: int, max_drift: float, quant: str = "nf4",
-                   say: Callable[[str], None] = print) -> dict:
+                   say: Callable[[str], None] = print, embeddings: bool = False) -> dict:
+    """Greedy: promote entries by sensitivity (8 bits, then 16) until the calibration drift is within budget.
+
+    `embeddings`: the bundle quantizes the embedding table, so it is an entry of the plan (EMBEDDING)."""
+    keys = list(range(n_layers)) + ([EMBEDDING] if embeddings else [])
     sens = {}
-    for i in range(n_layers):
+    for i in keys:
         sens[i] = meter.drift({i: 4}, quant)
-        say(f"layer {i:2d}: mean |Δp| {sens[i]:.4f} when it alone is 4-bit")
-    plan = {i: 4 for i in range(n_layers)}
+        say(f"{_entry(i)}: mean |Δp| {sens[i]:.4f} when it alone is 4-bit")
+    plan = {i: 4 for i in keys}
     steps = [{"plan": dict(plan), "drift": meter.drift(plan, quant)}]
     order = sorted(sens, key=sens.get, reverse=True)
     for target in (8, 16):
@@ -101,7 +136,7 @@ def precision_plan(meter: DriftMeter, n_layers: int, max_drift: float, quant: st
             if plan[i] < target:
                 plan[i] = target
                 steps.append({"plan": dict(plan), "drift": meter.drift(plan, quant), "promoted": i, "to": target})
-                say(f"layer {i:2d} -> {target}-bit: drift {steps[-1]['drift']:.4f}")
-    meter.apply({i: 16 for i in range(n_layers)}, quant)  # leave the model as it was
+                say(f"{_entry(i)} -> {target}-bit: drift {steps[-1]['drift']:.4f}")
+    meter.apply({i: 16 for i in keys}, quant)  # leave the model as it was
     return {"sensitivity": sens, "plan": plan, "steps": steps, "drift": steps[-1]["drift"],
             "max_drift": max_drift, "within_budget": steps[-1]["drift"] <= max_drift}

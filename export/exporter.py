@@ -165,7 +165,8 @@ def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantSchem
     say(f"drift budget: per-layer sensitivity on {opts.calibration}")
     merged = assemble(ck, llm_spec, merge_lora=True)
     meter = DriftMeter(merged, task.prompt, calibration_set(opts.calibration))
-    info = precision_plan(meter, merged.llm.config.num_hidden_layers, opts.max_drift, scheme.quant, say)
+    info = precision_plan(meter, merged.llm.config.num_hidden_layers, opts.max_drift, scheme.quant, say,
+                          embeddings=scheme.embeddings)
     info["plan"] = {int(k): int(v) for k, v in info["plan"].items()}
     return info
 

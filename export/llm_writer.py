@@ -41,9 +41,10 @@ def layer_scheme(key: str, scheme: QuantScheme, plan: dict[int, int] | None) -> 
     """The scheme of one tensor under a per-layer precision plan (calibration/sensitivity.py)."""
     if not plan:
         return scheme
-    from respi_edge.calibration.sensitivity import layer_of
+    from respi_edge.calibration.sensitivity import plan_key
 
-    bits = plan.get(layer_of(key), scheme.bits) if layer_of(key) is not None else scheme.bits
+    k = plan_key(key)
+    bits = plan.get(k, scheme.bits) if k is not None else scheme.bits
     if bits == scheme.bits:
         return scheme
     if bits == 8:

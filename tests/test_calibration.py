@@ -36,9 +36,12 @@ def test_fake_quant_8bit_matches_llm_int8_and_is_finer_than_4bit():
     w, x = torch.randn(256, 512) * 0.05, torch.randn(5, 512)
     lin = bnb.nn.Linear8bitLt(512, 256, bias=False, has_fp16_weights=False)
     lin.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
-    with torch.no_grad():
+    with torch.no_grad():  # train mode: the layer multiplies with its dequantized int8 weights
         y = lin.to("cpu")(x).float()
     assert _rel(y, x @ fake_quant(w, 8).T) < 1e-5
+    with torch.no_grad():  # eval mode (every bundle): activations are rounded to int8 too, a larger error
+        y_eval = lin.eval()(x).float()
+    assert _rel(y_eval, x @ fake_quant(w, 8).T) > 1e-4
     e8, e4 = _rel(fake_quant(w, 8), w), _rel(fake_quant(w, 4, "nf4"), w)
     assert e8 < e4 / 5
     # vector-wise int8 (of the fp16 weights): every element within half a step of its row's absmax / 127
@@ -85,6 +88,32 @@ def test_a_loose_budget_keeps_everything_at_4_bits(meter):
     # 8-bit everywhere drifts less than 4-bit everywhere
     assert m.drift({i: 8 for i in range(n_layers)}, "fp4") < all4
     m.apply({i: 16 for i in range(n_layers)}, "fp4")
+
+
+@pytest.mark.parametrize("bits,quant", [(8, "int8"), (4, "nf4")])
+def test_the_meter_computes_what_the_exported_bundle_computes(meter, tiny_ckpt, tiny_llm, tmp_path, bits, quant):
+    """The drift the plan budgets is the bundle's drift: same probabilities as the exported bundle (quantized
+    embeddings included), so a budget met on the calibration set is met by the bundle on it."""
+    from respi_edge.calibration.sensitivity import EMBEDDING
+    from respi_edge.export.exporter import ExportOptions, export_bundle
+    from respi_edge.runtime.bundle import load_bundle
+    from respi_edge.runtime.prompts import get_task
+
+    m, n_layers = meter
+    export_bundle(tmp_path / "b", str(tiny_ckpt), str(tiny_llm),
+                  ExportOptions(bits=bits, quant=quant, encoder_variants=(), parity=False), say=lambda s: None,
+                  task="S7")
+    b = load_bundle(tmp_path / "b")
+    prompt = b.tokenize(get_task("S7").prompt)
+    with torch.inference_mode():  # the meter's audio embeddings: only the LLM differs
+        p_bundle = np.array([torch.softmax(b.score(b.prefix(prompt, d), e)[0].float(), -1)[1].item()
+                             for d, e in zip(m.dms_ids, m.emb)])
+    plan = {**{i: bits for i in range(n_layers)}, EMBEDDING: bits}
+    m.apply(plan, quant)
+    p_meter = m.probs()
+    m.apply({k: 16 for k in plan}, quant)
+    np.testing.assert_allclose(p_meter, p_bundle, atol=2e-5)
+    assert np.abs(p_meter - m.reference).max() > 1e-4  # and the quantization does move them
 
 
 def test_static_int8_uses_calibration_ranges_from_real_spectrograms(tmp_path):

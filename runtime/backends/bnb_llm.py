@@ -40,7 +40,16 @@ class Int8Embedding(nn.Module):
         return (rows * scale).to(self.dtype)
 
 
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+def int8_linear(cb: torch.Tensor, scb: torch.Tensor) -> nn.Module:
+    """A bundle's 8-bit layer: LLM.int8 without outlier columns (threshold 0), so activations are int8 too."""
+    _, _, Int8Params, _, Linear8bitLt, _ = _bnb()
+    out_features, in_features = cb.shape
+    q = Linear8bitLt(in_features, out_features, bias=False, has_fp16_weights=False, threshold=0.0, device="meta")
+    q.weight = Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb)
+    return q.eval()  # in eval mode bitsandbytes' CPU path quantizes the activations too: what a bundle computes
+
+
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
@@ -63,7 +72,7 @@ def load_quantized_llm(config, state: Mapping[str, torch.Tensor], scheme: dict,
     from accelerate import init_empty_weights
     from transformers import AutoModel
 
-    bnb, Embedding4bit, Int8Params, Linear4bit, Linear8bitLt, Params4bit = _bnb()
+    bnb, Embedding4bit, _, Linear4bit, _, Params4bit = _bnb()
     with init_empty_weights(include_buffers=False):
         model = AutoModel.from_config(config, dtype=compute_dtype)
     used: set[str] = set()
@@ -82,12 +91,9 @@ def load_quantized_llm(config, state: Mapping[str, torch.Tensor], scheme: dict,
                 q.weight = Params4bit.from_prequantized(w, dict(stats), device="cpu", module=q)
                 used |= {key, *(f"{key}.{k}" for k in stats)}
             else:
-                scb = state[f"{name}.SCB"]
-                q = Linear8bitLt(mod.in_features, mod.out_features, bias=False, has_fp16_weights=False,
-                                 threshold=0.0, device="meta")
-                q.weight = Int8Params(w, requires_grad=False, has_fp16_weights=False, CB=w, SCB=scb)
+                q = int8_linear(w, state[f"{name}.SCB"])
                 used |= {key, f"{name}.SCB"}
-            _set(model, name, q)
+            set_module(model, name, q)
         elif isinstance(mod, nn.Embedding) and key in state and state[key].dtype in (torch.uint8, torch.int8):
             w = state[key]
             if bits == 4:
@@ -99,7 +105,7 @@ def load_quantized_llm(config, state: Mapping[str, torch.Tensor], scheme: dict,
             else:
                 e = Int8Embedding(w, state[f"{name}.SCB"], compute_dtype)
                 used |= {key, f"{name}.SCB"}
-            _set(model, name, e)
+            set_module(model, name, e)
     rest = {k: v.to(compute_dtype) for k, v in state.items() if k not in used}
     expected = {k for k, p in model.named_parameters() if p.device.type == "meta"}
     if expected - rest.keys() or rest.keys() - expected:
