@@ -26,10 +26,10 @@ def name(r: dict) -> str:
 
 
 def flips(r: dict) -> str:
-    out = f"{100 * r['flip_rate']:.1f} %"
-    if "flip_rate_own_thresholds" in r:  # re-calibrated bundle: also each model at its own threshold
-        out += f" (own thresholds: {100 * r['flip_rate_own_thresholds']:.1f} %)"
-    return out
+    if "flip_rate_own_thresholds" in r:  # re-calibrated bundle: what a user sees is each model at its own threshold
+        return (f"{100 * r['flip_rate_own_thresholds']:.1f} % at own thresholds ({100 * r['flip_rate']:.1f} % "
+                f"at the bundle's)")
+    return f"{100 * r['flip_rate']:.1f} %"
 
 
 def row(r: dict) -> str:
@@ -47,10 +47,21 @@ def _key(r: dict) -> tuple:
             q.get("quant") == "fp4", variants.index(r["encoder_variant"]) if r["encoder_variant"] in variants else 9)
 
 
+def _machine() -> str:
+    import os
+
+    from respi_edge.bench.latency import cpu_name
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{os.cpu_count()}-core {cpu_name()} CPU ({simd})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("reports", nargs="+")
     ap.add_argument("--out", default="bench/results/drift_test_intra")
+    ap.add_argument("--machine", default=_machine(), help="Where the reports were made (default: this machine).")
     ap.add_argument("--note", default="", help="A paragraph printed above the table (how these bundles differ).")
     a = ap.parse_args()
     reps: dict[tuple, dict] = {}
@@ -70,8 +81,9 @@ def main() -> None:
           f"{ref['sens_spec_reference'][1]:.3f} at its threshold {ref.get('threshold_reference', ref['threshold']):.3f}. CIs: patient-grouped "
           f"bootstrap (1,000 resamples; ΔAUROC paired); DeLong treats recordings as independent. Flips, sensitivity and "
           f"specificity: at each bundle's threshold (column), the reference judged at the same threshold. Command per row: `respi-edge verify --bundle B "
-          f"[--encoder-variant V] --data test_intra.csv --bootstrap 1000`. Machine: 2-core AMD EPYC (Zen 4) CPU, "
-          f"no GPU (the CUDA kernels of bitsandbytes round differently; drift on a GPU was not measured).\n",
+          f"[--encoder-variant V] --data test_intra.csv --bootstrap 1000`. Machine: {a.machine}, no GPU (bitsandbytes' "
+          f"CPU and CUDA kernels round differently, and its CPU kernels differ between AVX2 and AVX-512 machines: "
+          f"drift on a GPU was not measured).\n",
           *([a.note + "\n"] if a.note else []),
           "| bundle (LLM) | encoder | threshold | AUROC | ΔAUROC | DeLong p | flips | abs Δp median / p95 / max | KL | "
           "ECE | sens / spec |", "|---|---|---|---|---|---|---|---|---|---|---|"]

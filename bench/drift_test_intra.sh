@@ -58,7 +58,7 @@ if has verify; then
 fi
 
 if has recalibrate; then  # each quantized bundle's own threshold (Youden on the validation split), verified again
-  for b in demo-8 demo-4 demo-4budget demo-onnx4; do
+  for b in ${RECAL:-demo-8 demo-4 demo-4budget demo-onnx4}; do
     [ -d "$BUNDLES/$b-recal" ] || cp -r "$BUNDLES/$b" "$BUNDLES/$b-recal"
     respi-edge calibrate --bundle "$BUNDLES/$b-recal" --data "$CALIB" --json > "$WORK/reports/$b-recal.calibration.json"
     verify_one "$b-recal"

@@ -97,4 +97,4 @@ def test_torch_free_environment_screens_predicts_verifies_and_benches(edge_pytho
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 6 and (d / "verify" / "roc.png").is_file()
     r = _run(edge_python, "bench", "latency", "--bundle", str(b[4]), "--repeat", "2", "--warmup", "1")
-    assert r.returncode == 0 and "LLM (prefix reuse)" in r.stdout, r.stderr
+    assert r.returncode == 0 and "LLM+head, prefix reuse" in r.stdout and "end to end" in r.stdout, r.stderr
