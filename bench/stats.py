@@ -129,9 +129,11 @@ def mean_kl(p_ref, p_new, eps: float = 1e-7) -> float:
     return float(np.mean(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))))
 
 
-def flip_rate(p_ref, p_new, threshold: float) -> float:
-    """Share of recordings whose decision (P >= threshold, as the runtime decides) differs."""
-    return float(np.mean((np.asarray(p_ref) >= threshold) != (np.asarray(p_new) >= threshold)))
+def flip_rate(p_ref, p_new, threshold: float, threshold_new: float | None = None) -> float:
+    """Share of recordings whose decision (P >= threshold, as the runtime decides) differs; `threshold_new`: the
+    new model judged at its own threshold."""
+    t_new = threshold if threshold_new is None else threshold_new
+    return float(np.mean((np.asarray(p_ref) >= threshold) != (np.asarray(p_new) >= t_new)))
 
 
 def abs_dp_summary(p_ref, p_new) -> dict:

@@ -42,11 +42,14 @@ class Scored:
     error: str | None = None
 
 
-def bundle_identity(bundle_dir: str | os.PathLike) -> str:
+def files_identity(man: dict) -> str:
     """Hash of a bundle's files (weights, encoder variants, configs) as its manifest lists them: the threshold and
     its calibration live only in manifest.json, so re-calibrating a bundle keeps its cached scores."""
-    man = json.loads((Path(bundle_dir) / "manifest.json").read_text())
     return hashlib.sha256(json.dumps(man["files"], sort_keys=True).encode()).hexdigest()
+
+
+def bundle_identity(bundle_dir: str | os.PathLike) -> str:
+    return files_identity(json.loads((Path(bundle_dir) / "manifest.json").read_text()))
 
 
 def model_identity(model, source: str | None) -> str:
@@ -140,7 +143,7 @@ def drift_report(ref: list[Scored], new: list[Scored], threshold: float, n_boot:
     own = {}
     if ref_threshold is not None and ref_threshold != threshold:
         own = {"threshold_reference": ref_threshold,
-               "flip_rate_own_thresholds": float(np.mean((pr >= ref_threshold) != (pn >= threshold))),
+               "flip_rate_own_thresholds": stats.flip_rate(pr, pn, ref_threshold, threshold),
                "sens_spec_reference_own_threshold": list(stats.sens_spec(y, pr, ref_threshold))}
     return {
         "n": int(len(ok)), "patients": len(set(pat)), "positives": int(y.sum()),
@@ -200,27 +203,32 @@ def markdown(report: dict, ref_name: str, new_name: str) -> str:
     ])
 
 
-def _reference(reference: str | None, llm: str | None, key: str) -> tuple[Callable[[], object], dict]:
-    """A loader for the reference and its (name, caveats), the latter kept beside the cache so a fully cached
-    run needs no model at all."""
-    meta_path = cache_dir() / "verify" / f"reference-{key}.json"
+class _Reference:
+    """Loads the reference on first need and keeps its name, caveats and threshold beside the score cache, so a
+    fully cached run needs no model at all."""
 
-    def load():
-        if reference and Path(reference).is_dir():
+    def __init__(self, reference: str | None, llm: str | None, key: str):
+        self.reference, self.llm = reference, llm
+        self.meta_path = cache_dir() / "verify" / f"reference-{key}.json"
+
+    def load(self):
+        if self.reference and Path(self.reference).is_dir():
             from respi_edge.runtime.bundle import load_bundle
 
-            model = load_bundle(reference)
+            model = load_bundle(self.reference)
         else:
-            model = api.load_model(reference, llm)
+            model = api.load_model(self.reference, self.llm)
         meta = {"name": model.info.name, "caveats": list(model.info.caveats), "threshold": model.info.threshold}
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = meta_path.with_suffix(".json.tmp")
+        self.meta_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_path)
+        os.replace(tmp, self.meta_path)
         return model
 
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    return load, meta
+    def meta(self) -> dict:
+        if not self.meta_path.is_file():  # a cache written before the metadata was kept: load once to learn it
+            self.load()
+        return json.loads(self.meta_path.read_text())
 
 
 def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str | None = None,
@@ -244,16 +252,13 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
     ref_jsonl = cache_dir() / "verify" / f"reference-{key}.jsonl"
     outp = Path(out or f"verify-{Path(bundle_dir).name}")
     outp.mkdir(parents=True, exist_ok=True)
-    new_jsonl = outp / f"bundle-{bundle_identity(bundle_dir)[:12]}-{encoder_variant or 'default'}-{key[:12]}.jsonl"
+    new_jsonl = outp / f"bundle-{files_identity(man)[:12]}-{encoder_variant or 'default'}-{key[:12]}.jsonl"
     prog = (lambda stage: (lambda i, n: on_progress(stage, i, n))) if on_progress else (lambda stage: None)
-    load_ref, _ = _reference(reference, llm, key)
-    ref = score_manifest(None, manifest, task, ref_jsonl, prog("reference"), loader=load_ref)
+    ref_source = _Reference(reference, llm, key)
+    ref = score_manifest(None, manifest, task, ref_jsonl, prog("reference"), loader=ref_source.load)
     new = score_manifest(None, manifest, task, new_jsonl, prog("bundle"),
                          loader=lambda: load_bundle(bundle_dir, encoder_variant=encoder_variant, manifest=man))
-    _, meta = _reference(reference, llm, key)
-    if meta is None:  # a cache written before the metadata was kept: load once to learn the caveats
-        load_ref()
-        _, meta = _reference(reference, llm, key)
+    meta = ref_source.meta()
     threshold = float(man.get("threshold", 0.5))
     report = drift_report(ref, new, threshold, n_boot, meta.get("threshold"))
     report.update({"bundle": str(bundle_dir), "reference": reference or f"built-in {meta['name']} (fp32)",

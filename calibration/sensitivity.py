@@ -98,11 +98,11 @@ class DriftMeter:
             bits = plan.get(layer, 16) if layer is not None else 16
             w = self.original[n]
             if bits == 8:
-                if n not in self.int8:
-                    import bitsandbytes.functional as F
+                if n not in self.int8:  # quantized by the exporter's own function: the bundle's exact bytes
+                    from respi_edge.export.quantize import QuantScheme, quantize_tensor
 
-                    cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
-                    self.int8[n] = int8_linear(cb, scb)
+                    q = quantize_tensor(f"{n}.weight", w, QuantScheme.parse(8, None, False))
+                    self.int8[n] = int8_linear(q[f"{n}.weight"], q[f"{n}.SCB"])
                 set_module(self.model.llm, n, self.int8[n])
                 continue
             m.weight.data = fake_quant(w, bits, quant) if bits < 16 else w.clone()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from respi_edge.bench import stats
-from respi_edge.bench.verify import score_manifest
+from respi_edge.bench.verify import files_identity, score_manifest
 from respi_edge.runtime import bundle as B
 from respi_edge.runtime.errors import BundleError
 from respi_edge.runtime.llm import cache_dir
@@ -25,7 +25,7 @@ def calibrate_threshold(bundle_dir: str, data: str, *, target_sensitivity: float
     manifest = read_manifest(data)
     task = task or man.get("task")
     # keyed by the weight files (not the threshold), so re-calibrating with another rule costs no inference
-    key = hashlib.sha256(f"{man['files']}|{manifest.sha256()}|{task}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{files_identity(man)}|{manifest.sha256()}|{task}".encode()).hexdigest()[:16]
     scored = score_manifest(None, manifest, task, cache_dir() / "calibrate" / f"{Path(bundle_dir).name}-{key}.jsonl",
                             on_progress, loader=lambda: B.load_bundle(bundle_dir, manifest=man))
     ok = [s for s in scored if s.prob is not None]
