@@ -17,10 +17,11 @@ def name(r: dict) -> str:
     out = f"{r.get('backend', 'torch-bnb')} {q.get('bits')}-bit {q.get('quant')}"
     if q.get("layer_plan"):
         layers = {int(k): b for k, b in q["layer_plan"].items() if int(k) >= 0}
-        kept = sum(1 for b in layers.values() if b > 4)
-        out += f" + drift budget {q['drift_budget']['max_drift']} ({kept} of {len(layers)} layers kept at 8/16 bits"
+        counts = ", ".join(f"{sum(1 for b in layers.values() if b == bits)} at {bits}"
+                           for bits in (4, 8, 16) if bits in layers.values())
+        out += f" + drift budget {q['drift_budget']['max_drift']} ({len(layers)} layers: {counts} bits"
         if "-1" in q["layer_plan"] or -1 in q["layer_plan"]:
-            out += f", embeddings {q['layer_plan'].get('-1', q['layer_plan'].get(-1))}-bit"
+            out += f"; embeddings {q['layer_plan'].get('-1', q['layer_plan'].get(-1))}-bit"
         out += ")"
     return out
 

@@ -137,9 +137,10 @@ def flip_rate(p_ref, p_new, threshold: float, threshold_new: float | None = None
 
 
 def abs_dp_summary(p_ref, p_new) -> dict:
-    """Distribution of |ΔP(class 1)|: median, 95th percentile, maximum."""
+    """Distribution of |ΔP(class 1)|: median, 95th percentile, maximum, and the mean (what --max-drift budgets)."""
     dp = np.abs(np.asarray(p_new, float) - np.asarray(p_ref, float))
-    return {"median": float(np.median(dp)), "p95": float(np.percentile(dp, 95)), "max": float(dp.max())}
+    return {"median": float(np.median(dp)), "p95": float(np.percentile(dp, 95)), "max": float(dp.max()),
+            "mean": float(dp.mean())}
 
 
 def sens_spec(labels, probs, threshold: float) -> tuple[float, float]:

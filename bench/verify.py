@@ -194,7 +194,8 @@ def markdown(report: dict, ref_name: str, new_name: str) -> str:
         f"{r['sens_spec_reference'][1]:.3f} | {r['sens_spec_bundle'][0]:.3f} / {r['sens_spec_bundle'][1]:.3f} |",
         f"| ECE | {r['ece_reference']:.3f} | {r['ece_bundle']:.3f} |", "",
         f"ΔAUROC {f(r['delta_auroc'])} (paired, patient-grouped bootstrap); DeLong p = {r['delong']['p']:.3g}; "
-        f"decision flips {100 * r['flip_rate']:.1f} %; |Δp| median {r['abs_dp']['median']:.4f}, "
+        f"decision flips {100 * r['flip_rate']:.1f} %; |Δp| mean {r['abs_dp']['mean']:.4f}, "
+        f"median {r['abs_dp']['median']:.4f}, "
         f"p95 {r['abs_dp']['p95']:.4f}, max {r['abs_dp']['max']:.4f}; mean KL {r['mean_kl']:.2e}; "
         f"n = {r['n']} recordings, {r['patients']} patients, {r['errors']} unreadable.",
         *([f"Each at its own threshold (reference {r['threshold_reference']:.3f}, bundle {r['threshold']:.3f}): "

@@ -54,6 +54,7 @@ class ExportOptions:
     calibration: str | None = None  # manifest: static int8 encoder variant, and the drift budget's data
     static_int8: bool = True  # with --calibration: also build the static int8 encoder variant (slow: ORT's QDQ pass)
     max_drift: float | None = None  # keep the most sensitive LLM layers at 8/16 bits until mean |Δp| <= this
+    calibration_size: int | None = None  # recordings of `calibration` the drift budget plans on (None: CALIBRATION_SIZE)
     device: str = "cpu"
     shard_bytes: int = 512 << 20
 
@@ -154,7 +155,7 @@ def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: 
 
 def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantScheme, say) -> dict:
     """Per-layer sensitivity on the calibration manifest, then the cheapest plan within --max-drift."""
-    from respi_edge.calibration.sensitivity import DriftMeter, calibration_set, precision_plan
+    from respi_edge.calibration.sensitivity import CALIBRATION_SIZE, DriftMeter, calibration_set, precision_plan
     from respi_edge.runtime.prompts import get_task
 
     if opts.calibration is None:
@@ -164,7 +165,7 @@ def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantSchem
     task = get_task(ck.meta.get("task") or "sprsound_normal_vs_adventitious")
     say(f"drift budget: per-layer sensitivity on {opts.calibration}")
     merged = assemble(ck, llm_spec, merge_lora=True)
-    meter = DriftMeter(merged, task.prompt, calibration_set(opts.calibration))
+    meter = DriftMeter(merged, task.prompt, calibration_set(opts.calibration, opts.calibration_size or CALIBRATION_SIZE))
     info = precision_plan(meter, merged.llm.config.num_hidden_layers, opts.max_drift, scheme.quant, say,
                           embeddings=scheme.embeddings)
     info["plan"] = {int(k): int(v) for k, v in info["plan"].items()}

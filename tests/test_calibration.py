@@ -85,6 +85,11 @@ def test_a_loose_budget_keeps_everything_at_4_bits(meter):
     info = precision_plan(m, n_layers, 1.0, "fp4", say=lambda s: None)
     assert len(info["steps"]) == 1 and set(info["plan"].values()) == {4} and info["within_budget"]
     all4 = info["drift"]
+    # the plan says how precisely the calibration set measured its drift
+    m.apply(info["plan"], "fp4")
+    err = np.abs(m.probs() - m.reference)
+    assert info["n_recordings"] == 6 and np.isclose(info["drift"], err.mean())
+    assert info["drift_se"] > 0 and np.isclose(info["drift_se"], err.std(ddof=1) / np.sqrt(6))
     # 8-bit everywhere drifts less than 4-bit everywhere
     assert m.drift({i: 8 for i in range(n_layers)}, "fp4") < all4
     m.apply({i: 16 for i in range(n_layers)}, "fp4")

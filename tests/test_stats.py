@@ -139,6 +139,7 @@ def test_ece_kl_and_drift_summaries_on_hand_values():
     assert stats.flip_rate([0.2, 0.5, 0.7, 0.9], [0.3, 0.49, 0.7, 0.1], 0.5) == 0.5  # >= threshold is positive
     s = stats.abs_dp_summary([0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.25, 0.3, 0.4, 0.9])
     assert s["median"] == 0 and s["max"] == pytest.approx(0.4) and 0.05 < s["p95"] <= 0.4
+    assert s["mean"] == pytest.approx(0.45 / 5)
 
 
 def test_thresholds_reach_their_targets():
