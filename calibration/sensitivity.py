@@ -37,14 +37,18 @@ def _entry(k: int) -> str:
 
 
 def fake_quant(w: torch.Tensor, bits: int, quant: str = "nf4") -> torch.Tensor:
-    """The weights a bitsandbytes 4/8-bit layer effectively multiplies with."""
+    """The weights a bundle's 4/8/16-bit layer effectively multiplies with (16: fp16; above: unchanged)."""
     import bitsandbytes.functional as F
 
-    if bits >= 16:
+    if bits > 16:
         return w
+    if bits == 16:
+        return w.to(torch.float16).to(w.dtype)
     if bits == 8:
         cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
-        return (cb.float() * scb.float()[:, None] / 127.0).to(w.dtype)
+        # in the order runtime/backends/bnb_llm.Int8Embedding computes it: LLM.int8's activation rounding turns a
+        # last-bit difference in the embeddings into a visible one in P (0.002 in the mean |Δp| of the demo)
+        return (cb.float() * (scb.float()[:, None] / 127.0)).to(w.dtype)
     q, qs = F.quantize_4bit(w.float().contiguous(), blocksize=64, quant_type=quant)
     return F.dequantize_4bit(q, qs).to(w.dtype)
 
@@ -80,6 +84,11 @@ class DriftMeter:
         self.dms_ids = [model.tokenize(d) for d in cal.dms]
         self.linears = {n: m for n, m in model.llm.named_modules() if isinstance(m, torch.nn.Linear)}
         self.original = {n: m.weight.detach().clone() for n, m in self.linears.items()}
+        # a layer's other tensors (its norms): a 16-bit entry stores them in fp16 too (export/llm_writer.py)
+        linear_weights = {f"{n}.weight" for n in self.linears}
+        self.others = {n: p for n, p in model.llm.named_parameters()
+                       if layer_of(n) is not None and n not in linear_weights}
+        self.others_original = {n: p.detach().clone() for n, p in self.others.items()}
         self.int8: dict[str, torch.nn.Module] = {}  # the bundle's 8-bit modules, built on first use
         self.embedding = model.llm.get_input_embeddings()
         self.embedding_original = self.embedding.weight.detach().clone()
@@ -94,12 +103,15 @@ class DriftMeter:
         return np.array(out)
 
     def apply(self, plan: dict[int, int], quant: str) -> None:
-        """Put the model in the state a bundle with this plan computes in (entries absent: full precision)."""
+        """Put the model in the state a bundle with this plan computes in (entries absent: full precision).
+
+        16 means what the bundle stores for a 16-bit entry, fp16 (norms included), not the fp32 original: the
+        meter must be bit-exact, since LLM.int8's activation rounding amplifies any last-bit difference."""
         from respi_edge.runtime.backends.bnb_llm import int8_linear, set_module
 
         for n, m in self.linears.items():
             layer = layer_of(n)
-            bits = plan.get(layer, 16) if layer is not None else 16
+            bits = plan.get(layer) if layer is not None else None
             w = self.original[n]
             if bits == 8:
                 if n not in self.int8:  # quantized by the exporter's own function: the bundle's exact bytes
@@ -109,11 +121,14 @@ class DriftMeter:
                     self.int8[n] = int8_linear(q[f"{n}.weight"], q[f"{n}.SCB"])
                 set_module(self.model.llm, n, self.int8[n])
                 continue
-            m.weight.data = fake_quant(w, bits, quant) if bits < 16 else w.clone()
+            m.weight.data = fake_quant(w, bits, quant) if bits is not None else w.clone()
             set_module(self.model.llm, n, m)
-        bits = plan.get(EMBEDDING, 16)
+        for n, p in self.others.items():  # kept float32 under 4/8 bits, fp16 under 16 (export/quantize.py)
+            o = self.others_original[n]
+            p.data = fake_quant(o, 16) if plan.get(layer_of(n)) == 16 else o.clone()
+        bits = plan.get(EMBEDDING)
         e = self.embedding_original
-        self.embedding.weight.data = fake_quant(e, bits, quant) if bits < 16 else e.clone()
+        self.embedding.weight.data = fake_quant(e, bits, quant) if bits is not None else e.clone()
 
     def errors(self, plan: dict[int, int], quant: str) -> np.ndarray:
         """|ΔP| of each calibration recording under this plan."""
@@ -148,7 +163,7 @@ def precision_plan(meter: DriftMeter, n_layers: int, max_drift: float, quant: st
     # how far the calibration mean may be from the mean on new recordings: a small set gives a loose plan (on the
     # demo, 24 recordings measured 0.0093 and test_intra 0.013)
     err = meter.errors(plan, quant)
-    meter.apply({i: 16 for i in keys}, quant)  # leave the model as it was
+    meter.apply({}, quant)  # leave the model as it was
     se = float(np.std(err, ddof=1) / np.sqrt(len(err))) if len(err) > 1 else float("nan")
     say(f"calibration drift {steps[-1]['drift']:.4f} (standard error {se:.4f}, {len(err)} recordings)")
     return {"sensitivity": sens, "plan": plan, "steps": steps, "drift": steps[-1]["drift"], "drift_se": se,

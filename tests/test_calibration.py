@@ -26,7 +26,8 @@ def test_fake_quant_is_what_the_4bit_kernel_multiplies_with(quant):
         y = lin.to("cpu")(x)
     fq = x @ fake_quant(w, 4, quant).T
     assert _rel(y, fq) < 0.01 < _rel(y, x @ w.T)  # the kernel's rounding, not a different quantizer
-    assert fake_quant(w, 16) is w
+    assert fake_quant(w, 32) is w  # full precision: untouched
+    assert torch.equal(fake_quant(w, 16), w.half().float()) and not torch.equal(fake_quant(w, 16), w)  # fp16
 
 
 def test_fake_quant_8bit_matches_llm_int8_and_is_finer_than_4bit():
@@ -67,7 +68,7 @@ def meter(tiny_ckpt, tiny_llm, tmp_path_factory):
     return DriftMeter(model, get_task("S7").prompt, cal), model.llm.config.num_hidden_layers
 
 
-def test_precision_plan_meets_a_zero_budget_and_restores_the_model(meter):
+def test_a_zero_budget_promotes_everything_to_16_bits_and_restores_the_model(meter):
     m, n_layers = meter
     info = precision_plan(m, n_layers, 0.0, "nf4", say=lambda s: None)
     assert set(info["sensitivity"]) == set(range(n_layers)) and all(v > 0 for v in info["sensitivity"].values())
@@ -76,7 +77,9 @@ def test_precision_plan_meets_a_zero_budget_and_restores_the_model(meter):
     # promotions follow the sensitivity ranking, 8 bits before 16
     promoted = [s["promoted"] for s in info["steps"][1:] if s["to"] == 8]
     assert promoted == sorted(info["sensitivity"], key=info["sensitivity"].get, reverse=True)[:len(promoted)]
-    assert info["within_budget"] and info["drift"] == 0 and set(info["plan"].values()) == {16}
+    # nothing comes closer than 16 bits, which is fp16 in a bundle: a zero budget is met only if fp16 is exact
+    assert set(info["plan"].values()) == {16} and 0 <= info["drift"] < first["drift"]
+    assert info["within_budget"] == (info["drift"] == 0)
     np.testing.assert_array_equal(m.probs(), m.reference)  # weights put back exactly
 
 
@@ -92,31 +95,40 @@ def test_a_loose_budget_keeps_everything_at_4_bits(meter):
     assert info["drift_se"] > 0 and np.isclose(info["drift_se"], err.std(ddof=1) / np.sqrt(6))
     # 8-bit everywhere drifts less than 4-bit everywhere
     assert m.drift({i: 8 for i in range(n_layers)}, "fp4") < all4
-    m.apply({i: 16 for i in range(n_layers)}, "fp4")
+    m.apply({}, "fp4")
 
 
-@pytest.mark.parametrize("bits,quant", [(8, "int8"), (4, "nf4")])
-def test_the_meter_computes_what_the_exported_bundle_computes(meter, tiny_ckpt, tiny_llm, tmp_path, bits, quant):
+@pytest.mark.parametrize("bits,quant,mixed", [(8, "int8", None), (4, "nf4", None), (4, "nf4", "16,8,8")])
+def test_the_meter_computes_what_the_exported_bundle_computes(meter, tiny_ckpt, tiny_llm, tmp_path, monkeypatch,
+                                                              bits, quant, mixed):
     """The drift the plan budgets is the bundle's drift: same probabilities as the exported bundle (quantized
-    embeddings included), so a budget met on the calibration set is met by the bundle on it."""
+    embeddings included), so a budget met on the calibration set is met by the bundle on it. `mixed`: a plan's
+    layer 0, layer 1 and embedding bits (a 16-bit entry is fp16 in the bundle, norms included)."""
+    import respi_edge.export.exporter as exporter
     from respi_edge.calibration.sensitivity import EMBEDDING
     from respi_edge.export.exporter import ExportOptions, export_bundle
     from respi_edge.runtime.bundle import load_bundle
     from respi_edge.runtime.prompts import get_task
 
     m, n_layers = meter
+    plan = {**{i: bits for i in range(n_layers)}, EMBEDDING: bits}
+    if mixed:
+        assert n_layers == 2
+        plan = dict(zip((0, 1, EMBEDDING), map(int, mixed.split(","))))
+        monkeypatch.setattr(exporter, "drift_plan", lambda *a: {"plan": dict(plan), "max_drift": 1.0})
     export_bundle(tmp_path / "b", str(tiny_ckpt), str(tiny_llm),
-                  ExportOptions(bits=bits, quant=quant, encoder_variants=(), parity=False), say=lambda s: None,
-                  task="S7")
+                  ExportOptions(bits=bits, quant=quant, encoder_variants=(), parity=False,
+                                max_drift=1.0 if mixed else None), say=lambda s: None, task="S7")
     b = load_bundle(tmp_path / "b")
     prompt = b.tokenize(get_task("S7").prompt)
     with torch.inference_mode():  # the meter's audio embeddings: only the LLM differs
         p_bundle = np.array([torch.softmax(b.score(b.prefix(prompt, d), e)[0].float(), -1)[1].item()
                              for d, e in zip(m.dms_ids, m.emb)])
-    plan = {**{i: bits for i in range(n_layers)}, EMBEDDING: bits}
+    if mixed:  # the bundle stores what the plan says
+        assert b.quantization["layer_plan"] in (plan, {str(k): v for k, v in plan.items()})
     m.apply(plan, quant)
     p_meter = m.probs()
-    m.apply({k: 16 for k in plan}, quant)
+    m.apply({}, quant)
     np.testing.assert_allclose(p_meter, p_bundle, atol=2e-5)
     assert np.abs(p_meter - m.reference).max() > 1e-4  # and the quantization does move them
 

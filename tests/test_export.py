@@ -182,17 +182,17 @@ def test_drift_budget_keeps_sensitive_layers_at_higher_precision(tiny, bundles, 
     calib = str(files("respi_edge.configs") / "parity" / "manifest.csv")
     out = tmp_path / "budget"
     man = export_bundle(out, str(tiny[0]), str(tiny[1]),
-                        ExportOptions(bits=4, encoder_variants=(), calibration=calib, max_drift=1e-4,
+                        ExportOptions(bits=4, encoder_variants=(), calibration=calib, max_drift=5e-4,
                                       calibration_size=3, static_int8=False),
                         say=lambda m: None, task="S7")
     q = man["quantization"]
     plan = {int(k): v for k, v in q["layer_plan"].items()}
     budget = q["drift_budget"]
     # two decoder layers and the embedding table (quantized in a bundle too: plan key -1)
-    assert set(plan) == {-1, 0, 1} and budget["within_budget"] and budget["drift"] <= 1e-4
+    assert set(plan) == {-1, 0, 1} and budget["within_budget"] and budget["drift"] <= 5e-4
     assert budget["n_recordings"] == 3  # --calibration-size
-    assert any(b > 4 for b in plan.values())  # an all-4-bit model drifts more than 1e-4
-    assert budget["steps"][0]["drift"] > 1e-4 and len(budget["sensitivity"]) == 3
+    assert any(b > 4 for b in plan.values())  # an all-4-bit model drifts more than 5e-4 (all-fp16: ~1.5e-4)
+    assert budget["steps"][0]["drift"] > 5e-4 and len(budget["sensitivity"]) == 3
     assert verify(out)[1].ok
     p_plan = man["parity"]["bundle_vs_reference_prob_max_abs"]
     p_all4 = verify(bundles[4])[0]["parity"]["bundle_vs_reference_prob_max_abs"]
