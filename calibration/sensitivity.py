@@ -46,8 +46,6 @@ def fake_quant(w: torch.Tensor, bits: int, quant: str = "nf4") -> torch.Tensor:
         return w.to(torch.float16).to(w.dtype)
     if bits == 8:
         cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
-        # in the order runtime/backends/bnb_llm.Int8Embedding computes it: LLM.int8's activation rounding turns a
-        # last-bit difference in the embeddings into a visible one in P (0.002 in the mean |Δp| of the demo)
         return (cb.float() * (scb.float()[:, None] / 127.0)).to(w.dtype)
     q, qs = F.quantize_4bit(w.float().contiguous(), blocksize=64, quant_type=quant)
     return F.dequantize_4bit(q, qs).to(w.dtype)
@@ -91,6 +89,7 @@ class DriftMeter:
         self.others_original = {n: p.detach().clone() for n, p in self.others.items()}
         self.int8: dict[str, torch.nn.Module] = {}  # the bundle's 8-bit modules, built on first use
         self.embedding = model.llm.get_input_embeddings()
+        self.embedding_name = next(n for n, m in model.llm.named_modules() if m is self.embedding)
         self.embedding_original = self.embedding.weight.detach().clone()
         self.reference = self.probs()
 
@@ -102,24 +101,28 @@ class DriftMeter:
             out.append(torch.softmax(self.model.score(pre, emb)[0].float(), -1)[1].item())
         return np.array(out)
 
+    def _int8(self, name: str, w: torch.Tensor, make) -> torch.nn.Module:
+        """The bundle's own 8-bit module for a tensor, from the exporter's bytes (built once)."""
+        if name not in self.int8:
+            from respi_edge.export.quantize import QuantScheme, quantize_tensor
+
+            q = quantize_tensor(f"{name}.weight", w, QuantScheme.parse(8, None, False))
+            self.int8[name] = make(q[f"{name}.weight"], q[f"{name}.SCB"])
+        return self.int8[name]
+
     def apply(self, plan: dict[int, int], quant: str) -> None:
         """Put the model in the state a bundle with this plan computes in (entries absent: full precision).
 
         16 means what the bundle stores for a 16-bit entry, fp16 (norms included), not the fp32 original: the
         meter must be bit-exact, since LLM.int8's activation rounding amplifies any last-bit difference."""
-        from respi_edge.runtime.backends.bnb_llm import int8_linear, set_module
+        from respi_edge.runtime.backends.bnb_llm import Int8Embedding, int8_linear, set_module
 
         for n, m in self.linears.items():
             layer = layer_of(n)
             bits = plan.get(layer) if layer is not None else None
             w = self.original[n]
             if bits == 8:
-                if n not in self.int8:  # quantized by the exporter's own function: the bundle's exact bytes
-                    from respi_edge.export.quantize import QuantScheme, quantize_tensor
-
-                    q = quantize_tensor(f"{n}.weight", w, QuantScheme.parse(8, None, False))
-                    self.int8[n] = int8_linear(q[f"{n}.weight"], q[f"{n}.SCB"])
-                set_module(self.model.llm, n, self.int8[n])
+                set_module(self.model.llm, n, self._int8(n, w, int8_linear))
                 continue
             m.weight.data = fake_quant(w, bits, quant) if bits is not None else w.clone()
             set_module(self.model.llm, n, m)
@@ -128,7 +131,12 @@ class DriftMeter:
             p.data = fake_quant(o, 16) if plan.get(layer_of(n)) == 16 else o.clone()
         bits = plan.get(EMBEDDING)
         e = self.embedding_original
-        self.embedding.weight.data = fake_quant(e, bits, quant) if bits is not None else e.clone()
+        if bits == 8:
+            emb = self._int8(self.embedding_name, e, lambda cb, scb: Int8Embedding(cb, scb, e.dtype))
+        else:
+            emb = self.embedding
+            emb.weight.data = fake_quant(e, bits, quant) if bits is not None else e.clone()
+        set_module(self.model.llm, self.embedding_name, emb)
 
     def errors(self, plan: dict[int, int], quant: str) -> np.ndarray:
         """|ΔP| of each calibration recording under this plan."""
@@ -145,12 +153,19 @@ def precision_plan(meter: DriftMeter, n_layers: int, max_drift: float, quant: st
 
     `embeddings`: the bundle quantizes the embedding table, so it is an entry of the plan (EMBEDDING)."""
     keys = list(range(n_layers)) + ([EMBEDDING] if embeddings else [])
+    err = np.zeros(0)
+
+    def measure(p: dict[int, int]) -> float:  # keeps the last plan's per-recording errors for its standard error
+        nonlocal err
+        err = meter.errors(p, quant)
+        return float(np.mean(err))
+
     sens = {}
     for i in keys:
         sens[i] = meter.drift({i: 4}, quant)
         say(f"{_entry(i)}: mean |Δp| {sens[i]:.4f} when it alone is 4-bit")
     plan = {i: 4 for i in keys}
-    steps = [{"plan": dict(plan), "drift": meter.drift(plan, quant)}]
+    steps = [{"plan": dict(plan), "drift": measure(plan)}]
     order = sorted(sens, key=sens.get, reverse=True)
     for target in (8, 16):
         for i in order:
@@ -158,12 +173,10 @@ def precision_plan(meter: DriftMeter, n_layers: int, max_drift: float, quant: st
                 break
             if plan[i] < target:
                 plan[i] = target
-                steps.append({"plan": dict(plan), "drift": meter.drift(plan, quant), "promoted": i, "to": target})
+                steps.append({"plan": dict(plan), "drift": measure(plan), "promoted": i, "to": target})
                 say(f"{_entry(i)} -> {target}-bit: drift {steps[-1]['drift']:.4f}")
-    # how far the calibration mean may be from the mean on new recordings: a small set gives a loose plan (on the
-    # demo, 24 recordings measured 0.0093 and test_intra 0.013)
-    err = meter.errors(plan, quant)
     meter.apply({}, quant)  # leave the model as it was
+    # how precisely the calibration recordings measured the plan's drift: a small set gives a loose estimate
     se = float(np.std(err, ddof=1) / np.sqrt(len(err))) if len(err) > 1 else float("nan")
     say(f"calibration drift {steps[-1]['drift']:.4f} (standard error {se:.4f}, {len(err)} recordings)")
     return {"sensitivity": sens, "plan": plan, "steps": steps, "drift": steps[-1]["drift"], "drift_se": se,

@@ -54,7 +54,7 @@ class ExportOptions:
     calibration: str | None = None  # manifest: static int8 encoder variant, and the drift budget's data
     static_int8: bool = True  # with --calibration: also build the static int8 encoder variant (slow: ORT's QDQ pass)
     max_drift: float | None = None  # keep the most sensitive LLM layers at 8/16 bits until mean |Δp| <= this
-    calibration_size: int | None = None  # recordings of `calibration` the drift budget plans on (None: CALIBRATION_SIZE)
+    calibration_size: int | None = None  # recordings the drift budget plans on (None: sensitivity.CALIBRATION_SIZE)
     device: str = "cpu"
     shard_bytes: int = 512 << 20
 
@@ -165,7 +165,8 @@ def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantSchem
     task = get_task(ck.meta.get("task") or "sprsound_normal_vs_adventitious")
     say(f"drift budget: per-layer sensitivity on {opts.calibration}")
     merged = assemble(ck, llm_spec, merge_lora=True)
-    meter = DriftMeter(merged, task.prompt, calibration_set(opts.calibration, opts.calibration_size or CALIBRATION_SIZE))
+    cal = calibration_set(opts.calibration, opts.calibration_size or CALIBRATION_SIZE)
+    meter = DriftMeter(merged, task.prompt, cal)
     info = precision_plan(meter, merged.llm.config.num_hidden_layers, opts.max_drift, scheme.quant, say,
                           embeddings=scheme.embeddings)
     info["plan"] = {int(k): int(v) for k, v in info["plan"].items()}

@@ -185,8 +185,9 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
               help="4-bit: keep the most sensitive LLM layers at 8/16 bits until the mean |dP| on --calibration "
                    "is within this.")
 @click.option("--calibration-size", type=click.IntRange(2), default=None,
-              help="Recordings of --calibration that --max-drift plans on (evenly spread; default 24). More holds better on new "
-                   "data and costs time: each planner step scores them all (~0.6 s each on 2 CPU cores, ~85 steps).")
+              help="Recordings of --calibration that --max-drift plans on (evenly spread; default 24). More holds "
+                   "better on new data and costs time: each planner step scores them all (~0.6 s each on 2 CPU "
+                   "cores, ~85 steps).")
 @click.option("--static-int8/--no-static-int8", default=True, show_default=True,
               help="With --calibration: also build the static int8 encoder variant (minutes: ORT's QDQ pass).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
