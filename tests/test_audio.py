@@ -134,3 +134,104 @@ def test_live_window_path():
         A.spec_from_window(g["window"][:1000])
     with pytest.raises(A.SilentAudioError):
         A.spec_from_window(np.zeros(C.WINDOW_SAMPLES, dtype=np.float32))
+
+
+# -- bounded file reading (issue 17 item 7): the streamed reader equals the whole-file path ------------------
+
+def _whole_file_head(path):
+    """What window 0 needs, computed the simple way: decode and resample everything, trim, slice."""
+    y = A.load(path)
+    s, e = A.trim_index(y)
+    return y[s:min(e, s + C.WINDOW_SAMPLES)], (s, e), len(y)
+
+
+def _assert_bounded_equals_whole(path, blocks=(A.READ_BLOCK, 4096)):
+    want, trim, n = _whole_file_head(path)
+    for block in blocks:
+        src = A.read_first_window_source(path, block)
+        assert (src.trim, src.n) == (trim, n), (path, block)
+        assert src.head.dtype == np.float32
+        np.testing.assert_array_equal(src.head, want, err_msg=f"{path} block {block}")
+    return src
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_bounded_reader_bit_exact_on_goldens(stem):
+    _assert_bounded_equals_whole(audio_file(stem))
+    g = golden(stem)
+    assert A.read_first_window_source(audio_file(stem)).trim == tuple(int(i) for i in g["trim_index"])
+
+
+def test_bounded_reader_bit_exact_on_sprsound():
+    files = sorted(shared_path("data", "sprsound2022", "audio").iterdir())
+    long = [f for f in files if sf.info(f).frames > 12 * 8000]
+    picked = files[::25] + long[::25]
+    assert len(picked) > 100 and len(long) > 100
+    for f in picked:
+        _assert_bounded_equals_whole(f, blocks=(A.READ_BLOCK,))
+    for f in picked[:10]:
+        _assert_bounded_equals_whole(f, blocks=(1000,))
+
+
+def _noise(rng, n, amp):
+    return (amp * rng.standard_normal(n)).astype(np.float32)
+
+
+def test_bounded_reader_bit_exact_on_hard_cases(tmp_path):
+    """Cases where the trim depends on audio far from the start: the streamed reader must still agree."""
+    rng = np.random.default_rng(17)
+    N = C.WINDOW_SAMPLES
+    cases = {
+        # quiet noise, then 30 s later a burst 80 dB louder: the trim start moves past the samples first kept
+        "late_loud_burst": (np.concatenate([_noise(rng, 8000 * 40, 1e-4), _noise(rng, 8000 * 2, 0.9),
+                                            _noise(rng, 8000 * 5, 1e-4)]), 8000),
+        # 3 s of sound after 20 s of near-silence, then 20 s of near-silence: a short clip, cyclically padded
+        "short_sound_in_silence": (np.concatenate([_noise(rng, 16000 * 20, 1e-6), _noise(rng, 16000 * 3, 0.3),
+                                                   _noise(rng, 16000 * 20, 1e-6)]), 16000),
+        # steady sound with a click in the last 50 ms: the reference level is set at the very end
+        "click_at_the_end": (np.concatenate([_noise(rng, 48000 * 20, 1e-3), np.full(2400, 0.99, np.float32)]),
+                             48000),
+        # a slow crescendo over 60 dB: the running trim start moves again and again
+        "crescendo": (_noise(rng, 44100 * 30, 1.0) * np.logspace(-4, 0, 44100 * 30).astype(np.float32), 44100),
+    }
+    reread = {}
+    for name, (y, sr) in cases.items():
+        p = _write(tmp_path, f"{name}.wav", np.stack([y, 0.5 * y], axis=1), sr=sr, subtype="FLOAT")
+        src = _assert_bounded_equals_whole(p, blocks=(A.READ_BLOCK, 4096, 999))
+        reread[name] = src.reread
+        assert len(src.head) <= N
+    assert reread["late_loud_burst"]  # the second, bounded read was exercised
+    want_short = A.spectrogram(_write(tmp_path, "s.wav", cases["short_sound_in_silence"][0], 16000, "FLOAT"))
+    assert want_short.shape == C.SPEC_SHAPE
+
+
+def test_long_file_is_scored_with_bounded_memory(tmp_path):
+    """30 min of 8 kHz noise: peak Python-tracked memory stays far below the decoded file (115 MB at 16 kHz)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    p = tmp_path / "long.wav"
+    with sf.SoundFile(p, "w", 8000, 1, subtype="PCM_16") as f:
+        for _ in range(30):
+            f.write(_noise(rng, 8000 * 60, 0.1))
+    tracemalloc.start()
+    try:
+        spec = A.spectrogram(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert spec.shape == C.SPEC_SHAPE
+    # the envelope keeps 4 bytes per 800 samples (0.3 MB here); blocks, head and STFT a few MB
+    assert peak < 16 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB"
+    # and the result is the whole-file one: same trim, same first window
+    want, trim, _ = _whole_file_head(p)
+    src = A.read_first_window_source(p)
+    assert src.trim == trim
+    np.testing.assert_array_equal(src.head, want)
+
+
+def test_a_directory_is_not_reported_as_missing(tmp_path):
+    with pytest.raises(A.UnreadableAudioError, match="is a directory"):
+        A.spectrogram(tmp_path)
+    with pytest.raises(A.UnreadableAudioError, match="file not found"):
+        A.spectrogram(tmp_path / "nope.wav")
