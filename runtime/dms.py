@@ -108,13 +108,22 @@ def _codes(text: str, table: Mapping[str, str]) -> bool:
     return bool(items) and all(i in table for i in items)
 
 
+def location_code_text(loc: str) -> str | None:
+    """The text of a location code (SPRSound p1-p4 or a reference code, spaces around it ignored), else None."""
+    code = loc.strip()
+    if code in SPRSOUND_LOCATIONS:
+        return SPRSOUND_LOCATIONS[code]
+    for c in dict.fromkeys((loc, code)):
+        try:
+            return location_text(c)
+        except PromptError:
+            pass
+    return None
+
+
 def _user_location(loc: str) -> str:
-    if loc in SPRSOUND_LOCATIONS:
-        return SPRSOUND_LOCATIONS[loc]
-    try:
-        return location_text(loc)
-    except PromptError:
-        return loc.strip()  # free text, used as is
+    text = location_code_text(loc)
+    return loc.strip() if text is None else text  # not a code: free text, used as is
 
 
 def _user_list(text: str, table: Mapping[str, str], reference, sentence: str) -> str:

@@ -100,3 +100,57 @@ def test_dms_from_manifest_rows():
     assert dms_from_row({"gender": "F", "age": "9.7", "location": "p1"}) == \
         "Gender: F. Age: 9.7. Record location: left posterior chest."
     assert dms_from_row({"gender": "", "age": "", "location": ""}) == ""
+
+
+# -- issue 17 item 8: codes with stray spaces map; suspicious values are named (runtime/validate.py) ----------
+
+@pytest.mark.parametrize("loc,text", [("p1", "left posterior chest"), (" p4 ", "right lateral chest"),
+                                      ("Tc", "trachea"), (" Lr", "right lateral chest"),
+                                      ("P R L ", "posterior right lower"), ("R2", "rightposterior-middle lung"),
+                                      ("p9", None), ("P1", None), ("left upper back", None)])
+def test_location_code_text(loc, text):
+    from respi_edge.runtime.dms import location_code_text
+
+    assert location_code_text(loc) == text
+
+
+def test_build_dms_maps_a_code_with_spaces_and_keeps_free_text():
+    assert build_dms(location=" p3 ") == "Record location: right posterior chest."
+    assert build_dms(location="p9") == "Record location: p9."  # free text, but validate names it
+
+
+@pytest.mark.parametrize("kwargs,names", [
+    ({"location": "p9"}, ["UnknownCodeWarning"]),
+    ({"location": "R7"}, ["UnknownCodeWarning"]),
+    ({"location": "Xy"}, ["UnknownCodeWarning"]),
+    ({"location": "chest"}, []),
+    ({"age": "-5"}, ["AgeWarning"]),
+    ({"age": "5-7"}, []),
+    ({"age": "0"}, []),
+    ({"age": "inf"}, ["AgeWarning"]),
+    ({"gender": "X"}, ["GenderWarning"]),
+    ({"gender": "MALE"}, []),
+    ({"symptoms": "fever,coughh"}, ["UnknownCodeWarning"]),
+    ({"symptoms": "night cough"}, []),
+    ({"history": "copd,asthma"}, []),
+    ({"history": "respiratory_condition_asma"}, ["UnknownCodeWarning"]),
+])
+def test_patient_warnings(kwargs, names):
+    from respi_edge.runtime.validate import patient_warnings
+
+    assert [type(w).__name__ for w in patient_warnings(**kwargs)] == names
+
+
+def test_every_known_code_passes_without_warning():
+    from respi_edge.runtime.dms import SPRSOUND_LOCATIONS, maps
+    from respi_edge.runtime.validate import patient_warnings
+
+    m = maps()
+    locs = list(SPRSOUND_LOCATIONS) + [k for k in m["location_code"] if not k.isdigit()]
+    locs += [f"{s}{d}" for s in "LR" for d in m["location_code"] if d.isdigit()]
+    assert all(patient_warnings(location=loc) == [] for loc in locs)
+    assert patient_warnings(history=",".join(m["medhistory"]), symptoms=",".join(m["symptoms"])) == []
+    for row in _tsv("dms_examples.tsv"):  # the reference datasets' own values
+        meta = json.loads(row["metadata_json"])
+        assert patient_warnings(meta.get("gender"), meta.get("age"), meta.get("location"),
+                                None, None) == [], row["case"]
