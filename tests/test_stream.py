@@ -10,6 +10,7 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,14 +53,40 @@ def session(tiny_ckpt, tiny_llm):
     return api.Session(model, "S7", gender="F", age="9.7", location="p2")
 
 
-def play(files, delay=0.5):
+def play(files, delay=0.5, after: Path | None = None):
+    """Play recordings into the virtual mic from a thread; with `after` (a session's JSONL), only once that
+    session's capture has started, so that no recording begins before the capture does (a loaded machine can
+    take seconds to open the device)."""
     def run():
+        if after is not None:
+            t_end = time.monotonic() + 60
+            while time.monotonic() < t_end and not (after.exists() and '"capture_started"' in after.read_text()):
+                time.sleep(0.05)
         time.sleep(delay)
         for f in files:  # an unplug kills the player's stream: not an error here
             vmic("play", str(shared_path("data", "sprsound2022", "audio", f)), check_rc=False)
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
+
+
+def align(captured: np.ndarray, src: np.ndarray) -> tuple[int, float]:
+    """(lag, ncc): where `src` starts in `captured` (may be negative), searched over the whole capture.
+
+    A 2-s probe from inside the recording, matched by normalised cross-correlation (a loud click at playback
+    start must not outweigh the match itself); FFT correlation, so any lag is found, however late playback or
+    capture started."""
+    from scipy.signal import correlate
+
+    p0 = 2 * C.SAMPLE_RATE
+    probe = src[p0:p0 + 2 * C.SAMPLE_RATE].astype(np.float64)
+    x = captured.astype(np.float64)
+    num = correlate(x, probe, mode="valid", method="fft")
+    energy = np.concatenate([[0.0], np.cumsum(x ** 2)])
+    den = np.sqrt(energy[len(probe):] - energy[:-len(probe)]) * np.linalg.norm(probe) + 1e-9
+    ncc = num / den
+    k = int(np.argmax(ncc))
+    return k - p0, float(ncc[k])
 
 
 def lines(path):
@@ -91,8 +118,10 @@ def test_prefix_reuse_in_the_session_equals_the_full_forward(session):
 
 
 def test_live_windows_equal_offline_scoring(mic, session, tmp_path):
+    """Checks only what machine load cannot change: skipped windows, late playback or a late capture start move
+    which windows are scored and where the recordings sit in the capture, not the numbers compared."""
     jsonl = tmp_path / "live.jsonl"
-    player = play(RECORDINGS)
+    player = play(RECORDINGS, after=jsonl)
     summary = screen(session, device=mic, jsonl=str(jsonl), cfg=StreamConfig(hop=1.0, duration=19.0), live=False,
                      save_audio=str(tmp_path / "audio"))
     player.join(timeout=30)
@@ -100,9 +129,16 @@ def test_live_windows_equal_offline_scoring(mic, session, tmp_path):
     windows = [r for r in recs if r["type"] == "window"]
     scored = [r for r in windows if r["status"] == "scored"]
     assert summary["overflows"] == 0 and summary["dropped_blocks"] == 0
-    assert len(windows) >= 17 and len(scored) >= 6, [r.get("reason") for r in windows]
     assert recs[-1]["type"] == "summary" and recs[0]["event"] == "session_start"
-    # the same samples scored offline (the saved 16 kHz stream) give the same probabilities
+    # 19 s of audio at a 1-s hop is 19 windows whatever the load. How many are scored depends on the load (a
+    # window that comes while inference is busy is skipped: 2 of 11 on a 2-core machine at load 10), but the
+    # first window that passes the quality gate finds the worker idle, so it is always scored
+    assert len(windows) >= 17, len(windows)
+    assert summary["scored"] == len(scored) and summary["skipped"] == sum(r["status"] == "skipped" for r in windows)
+    offered = sorted((r for r in windows if r["status"] != "rejected"), key=lambda r: r["window"])
+    assert offered and offered[0]["status"] == "scored", [(r["window"], r["status"], r.get("reason")) for r in windows]
+    assert all(r["status"] == "scored" or r["reason"] == "inference slower than the hop" for r in offered)
+    # 1. every live window's probability equals offline scoring of the very samples it saw (the saved stream)
     captured, sr = sf.read(summary["saved_audio"], dtype="float32")
     assert sr == 16000
     worst = 0.0
@@ -112,27 +148,23 @@ def test_live_windows_equal_offline_scoring(mic, session, tmp_path):
         p = torch.softmax(session.logits(spec_from_window(win)), -1)[1].item()
         worst = max(worst, abs(p - r["prob"]))
     assert worst <= 1e-4, worst
-    # and the captured audio is the recording itself (PulseAudio resampling aside)
+    # 2. the captured audio is the recording itself (PulseAudio resampling aside), found anywhere in the capture
     src = load(shared_path("data", "sprsound2022", "audio", RECORDINGS[0]))
-    # a second from inside the recording is found even when capture began after playback (a loaded machine)
-    probe = src[C.SAMPLE_RATE:2 * C.SAMPLE_RATE]
-    head = captured[:5 * C.SAMPLE_RATE]
-    # normalised cross-correlation: a loud click at playback start must not outweigh the match itself
-    ncc = np.correlate(head, probe, "valid") / (np.sqrt(np.convolve(head**2, np.ones(len(probe)), "valid")) + 1e-9)
-    lag = int(np.argmax(ncc)) - C.SAMPLE_RATE
-    start = max(0, -lag)  # src's first `start` samples were played before capture began
+    lag, ncc = align(captured, src)
+    start = max(0, -lag)  # src's first `start` samples were played before capture began (never, with `after`)
     seg = captured[lag + start:lag + len(src)]
     corr = np.corrcoef(seg, src[start:start + len(seg)])[0, 1]
-    assert corr > 0.95, corr
-    # windows inside the first recording vs offline scores of the source file's own samples: PulseAudio's
-    # 8 k -> 48 k -> 44.1 k resampling chain differs from soxr, which moves P by a few hundredths at most
+    assert ncc > 0.9 and corr > 0.95, (lag, ncc, corr)
+    # 3. so scoring the capture is scoring the recording: every window position inside the first recording
+    # (every 0.25 s, not only the ones the scheduler happened to score) gives the source file's probability;
+    # PulseAudio's 8 k -> 48 k -> 44.1 k resampling chain differs from soxr, which moves P by a few hundredths
+    ends = range(lag + max(start, 0) + C.WINDOW_SAMPLES, min(lag + len(src), len(captured)) + 1, C.SAMPLE_RATE // 4)
     diffs = []
-    for r in scored:
-        end = r["end_sample"] - lag
-        if C.WINDOW_SAMPLES <= end <= len(src):
-            p = torch.softmax(session.logits(spec_from_window(src[end - C.WINDOW_SAMPLES:end])), -1)[1].item()
-            diffs.append(abs(p - r["prob"]))
-    assert diffs and max(diffs) <= 0.05, diffs
+    for end in ends:
+        live_like = torch.softmax(session.logits(spec_from_window(captured[end - C.WINDOW_SAMPLES:end])), -1)[1]
+        offline = torch.softmax(session.logits(spec_from_window(src[end - lag - C.WINDOW_SAMPLES:end - lag])), -1)[1]
+        diffs.append(abs(live_like.item() - offline.item()))
+    assert len(diffs) >= 4 and max(diffs) <= 0.05, (lag, diffs)
 
 
 def test_device_loss_is_reported_results_kept_and_capture_recovers(mic, session, tmp_path):
