@@ -36,3 +36,7 @@ class DeviceError(RespiEdgeError):
 
 class DependencyError(RespiEdgeError):
     """An optional dependency (onnxruntime, bitsandbytes, sounddevice, ...) is not installed."""
+
+
+class ResultsError(RespiEdgeError):
+    """A results file (cohort scores) has an unknown format, is locked by another run or cannot be resumed."""

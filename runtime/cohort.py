@@ -1,0 +1,429 @@
+"""Cohort scoring: every recording of a manifest scored once, written as it is produced, resumable.
+
+The engine-independent part. A run turns manifest rows into `Job`s keyed by what decides a score (the
+recording's path and content sha256, its DMS text, the task and the model's identity), drops the keys the results
+file already holds (resume), and hands the rest, grouped by DMS, to an engine: `local` (this process) or `ray`
+(`cohort_ray.py`, an actor pool). Both score a group with the same `Scorer`, so they give the same numbers.
+Only the driver writes: `ResultSink` appends each record once per key (a retried or duplicated result is dropped),
+flushed as rows arrive; a Parquet output is journalled as JSON lines beside it and written atomically at the end.
+
+A recording that cannot be decoded becomes an error row (prob null, error text) and the run goes on; its key
+counts as done, since the same bytes fail the same way on a re-run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None
+
+from .dms import dms_from_row
+from .errors import AudioError, ResultsError
+from .hashing import sha256_file
+from .manifest import Manifest, read_manifest
+
+KEY_VERSION = "cohort-1"
+DEFAULT_TASK = "model-default"  # the key's task when neither the caller nor a bundle names one
+SESSION_CACHE = 8  # prefixes kept per worker; rows arrive sorted by DMS, so a few suffice
+BATCH_ROWS = 8  # rows per engine batch: the work an engine loses when a worker dies mid-batch
+ENGINES = ("local", "ray")
+
+RECORD_FIELDS = ("key", "path", "sha256", "label", "patient", "dms", "task", "prompt_sha256", "model", "model_id",
+                 "prob", "logits", "decision", "positive", "threshold", "error", "error_type")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One manifest row to score; plain fields so it travels to a Ray worker as a row of a table."""
+    key: str
+    path: str  # absolute: what a worker reads
+    rel: str  # as written in the manifest: what the results name
+    sha256: str  # content hash ("" when the file could not be read)
+    label: int
+    patient: str
+    dms: str
+    model_id: str
+    read_error: str = ""  # the driver could not hash the file
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def record_key(rel: str, content_sha256: str, dms: str, task: str, model_id: str) -> str:
+    """Identity of one score: the same key means the same inputs, so a re-run may skip it."""
+    return sha256_text("\x1f".join((KEY_VERSION, rel, content_sha256, dms, task, model_id)))
+
+
+# ---- model source: what to load, and its identity without loading it ----
+
+def load_source(source: str | os.PathLike | None):
+    """The model of `source`: an exported bundle folder, a checkpoint file, or the built-in model (None).
+
+    The one place that loads: `api.load(source)` where the library has it (issue 14: bundles on the worker's GPU
+    when it has one), else the checkpoint / bundle loaders `respi-edge predict` uses."""
+    from . import api
+
+    if hasattr(api, "load"):
+        return api.load(source)
+    if source is not None and Path(source).is_dir():
+        from .bundle import load_bundle
+
+        return load_bundle(source)
+    return api.load_model(None if source is None else os.fspath(source))
+
+
+def source_identity(source: str | os.PathLike | None) -> str:
+    """A hash that changes whenever the source's numbers could, computed without loading it (torch-free):
+    a bundle's listed files, a checkpoint's bytes, or the built-in model's trained parts."""
+    if source is not None and Path(source).is_dir():
+        man = Path(source) / "manifest.json"
+        if not man.is_file():
+            from .errors import BundleError
+
+            raise BundleError(f"{source}: not a bundle (no manifest.json); export one with `respi-edge export`")
+        return sha256_text(json.dumps(json.loads(man.read_text())["files"], sort_keys=True))
+    if source is not None:
+        if not Path(source).is_file():
+            from .errors import CheckpointError
+
+            raise CheckpointError(f"{source}: checkpoint not found")
+        return sha256_file(source)
+    from importlib.resources import as_file, files
+
+    with as_file(files("respi_edge.configs") / "demo" / "model.safetensors") as p:
+        return sha256_file(p) if Path(p).is_file() else "built-in-untrained"
+
+
+def source_task(source: str | os.PathLike | None, task: str | None) -> str:
+    """The task id for the key: the caller's, else a bundle's own, else the model's default (fixed by its identity)."""
+    if task:
+        from .prompts import get_task
+
+        return get_task(task).id  # an unknown id fails here, before any worker starts
+    if source is not None and Path(source).is_dir():
+        t = json.loads((Path(source) / "manifest.json").read_text()).get("task")
+        if t:
+            return t
+    return DEFAULT_TASK
+
+
+# ---- jobs ----
+
+def _hash_or_error(path: str) -> tuple[str, str]:
+    try:
+        return sha256_file(path), ""
+    except OSError as e:
+        return "", f"{path}: cannot read ({e.strerror or e})"
+
+
+def make_jobs(manifest: Manifest, task_id: str, model_id: str, threads: int = 8) -> list[Job]:
+    """Jobs for every row, sorted by DMS (stable) so one group is one Session: content hashed in parallel."""
+    with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL: I/O-bound
+        hashes = list(pool.map(_hash_or_error, [r.path for r in manifest.rows]))
+    jobs = []
+    for r, (sha, err) in zip(manifest.rows, hashes):
+        dms = dms_from_row(r.dms)
+        jobs.append(Job(record_key(r.rel, sha, dms, task_id, model_id), r.path, r.rel, sha, r.label, r.patient,
+                        dms, model_id, err))
+    jobs.sort(key=lambda j: j.dms)
+    return jobs
+
+
+def job_from_dict(d: dict) -> Job:
+    return Job(**{k: d[k] for k in Job.__dataclass_fields__})
+
+
+def batches(jobs: Sequence[Job], size: int = BATCH_ROWS) -> list[list[Job]]:
+    """Consecutive runs of at most `size` jobs that share a DMS (jobs sorted by DMS)."""
+    out: list[list[Job]] = []
+    for j in jobs:
+        if out and len(out[-1]) < size and out[-1][0].dms == j.dms:
+            out[-1].append(j)
+        else:
+            out.append([j])
+    return out
+
+
+# ---- scoring (runs in the engine's worker) ----
+
+class Scorer:
+    """One loaded model and its Sessions (one per DMS, least recently used dropped): scores groups of jobs."""
+
+    def __init__(self, model, task: str | None = None, sessions: int = SESSION_CACHE):
+        self.model, self.task = model, task
+        self.sessions: OrderedDict[str, object] = OrderedDict()
+        self.max_sessions = sessions
+
+    def session(self, dms: str):
+        from . import api
+
+        s = self.sessions.pop(dms, None)
+        if s is None:
+            s = api.Session(self.model, self.task, dms=dms)
+        self.sessions[dms] = s
+        while len(self.sessions) > self.max_sessions:
+            self.sessions.popitem(last=False)
+        return s
+
+    def score(self, jobs: Iterable[Job]) -> list[dict]:
+        """Records for `jobs` in their order, one Session per DMS group."""
+        groups: dict[str, list[Job]] = {}
+        for j in jobs:
+            groups.setdefault(j.dms, []).append(j)
+        out: dict[str, dict] = {}
+        for dms, group in groups.items():
+            out.update(score_group(self.session(dms), group))
+        return [out[j.key] for j in jobs]
+
+
+def score_group(session, jobs: Sequence[Job]) -> dict[str, dict]:
+    """Records of jobs sharing one Session (prompt + DMS prefix), keyed by job key. Decoding is per row (an
+    undecodable recording is an error row); the windows that decode are scored together where the Session can
+    batch (`score_many`, issue 15 item 1), else one by one."""
+    from . import api
+
+    out: dict[str, dict] = {}
+    specs, ok = [], []
+    for j in jobs:
+        if j.read_error:
+            out[j.key] = error_record(j, session, j.read_error, "UnreadableAudioError")
+            continue
+        try:
+            specs.append(api.input_spectrogram(j.path))
+            ok.append(j)
+        except AudioError as e:
+            out[j.key] = error_record(j, session, str(e), type(e).__name__)
+    if hasattr(session, "score_many"):
+        preds = session.score_many(specs) if specs else []
+    else:
+        preds = [session.score_spec(s, j.path) for s, j in zip(specs, ok)]
+    for j, p in zip(ok, preds):
+        out[j.key] = {**_base(j, session), "prob": float(p.prob), "logits": [float(x) for x in p.logits],
+                      "decision": p.decision, "positive": bool(p.positive), "threshold": float(p.threshold),
+                      "error": None, "error_type": None}
+    return out
+
+
+def _base(j: Job, session) -> dict:
+    return {"key": j.key, "path": j.rel, "sha256": j.sha256, "label": int(j.label), "patient": j.patient,
+            "dms": j.dms, "task": session.task.id, "prompt_sha256": sha256_text(session.task.prompt),
+            "model": session.model.info.name, "model_id": j.model_id}
+
+
+def error_record(j: Job, session, message: str, error_type: str) -> dict:
+    return {**_base(j, session), "prob": None, "logits": None, "decision": None, "positive": None,
+            "threshold": None, "error": message, "error_type": error_type}
+
+
+# ---- results sink (driver only) ----
+
+def arrow_schema():
+    import pyarrow as pa
+
+    s, f = pa.string(), pa.float64()
+    types = {"label": pa.int64(), "prob": f, "logits": pa.list_(f), "positive": pa.bool_(), "threshold": f}
+    return pa.schema([(k, types.get(k, s)) for k in RECORD_FIELDS])
+
+
+def results_format(out: str | os.PathLike) -> str:
+    name = os.fspath(out).lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    raise ResultsError(f"{out}: unknown results format; name the file *.parquet or *.jsonl")
+
+
+class ResultSink:
+    """Appends records once per key, flushed and fsynced per write; the file is locked while open.
+
+    JSON lines go straight into `out`. Parquet cannot be appended to or read before it is closed, so its records go
+    to a journal (`out` + ".partial.jsonl") and `close()` writes `out` atomically (existing rows + new ones, sorted
+    by path) and removes the journal; a killed run leaves the journal, which the next run reads back (resume)."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.format = results_format(out)
+        self.journal = self.out if self.format == "jsonl" else self.out.with_name(self.out.name + ".partial.jsonl")
+        self.done: dict[str, dict] = {}
+        self.written = 0
+        self._f = None
+
+    def __enter__(self) -> ResultSink:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if self.format == "parquet" and self.out.exists():
+            self._read_parquet()
+        self._f = open(self.journal, "a+b")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._f.close()
+                raise ResultsError(f"{self.journal}: another run is writing these results; wait for it or "
+                                   f"choose another --out") from None
+        self._read_journal()
+        return self
+
+    def _read_parquet(self) -> None:
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(self.out).to_pylist()
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise ResultsError(f"{self.out}: not a readable Parquet results file ({e}); move it away or choose "
+                               f"another --out") from None
+        for r in rows:
+            self.done.setdefault(r["key"], r)
+
+    def _read_journal(self) -> None:
+        f = self._f
+        f.seek(0)
+        text = f.read()
+        for line in text.decode("utf-8", "replace").splitlines():
+            try:
+                rec = json.loads(line)
+                self.done.setdefault(rec["key"], rec)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut by a kill: its row is scored again
+        if text and not text.endswith(b"\n"):
+            f.truncate(text.rfind(b"\n") + 1)
+        f.seek(0, os.SEEK_END)
+
+    def write(self, records: Iterable[dict]) -> int:
+        """Append the records whose key is new; returns how many were new."""
+        new = 0
+        for r in records:
+            if r["key"] in self.done:
+                continue
+            r = {k: r.get(k) for k in RECORD_FIELDS}
+            self.done[r["key"]] = r
+            self._f.write((json.dumps(r) + "\n").encode())
+            new += 1
+        if new:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        self.written += new
+        return new
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            if exc_type is None and self.format == "parquet":
+                self._write_parquet()
+        finally:
+            self._f.close()
+        if exc_type is None and self.format == "parquet":
+            self.journal.unlink(missing_ok=True)
+
+    def _write_parquet(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = sorted(self.done.values(), key=lambda r: (r["path"], r["key"]))
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), tmp)
+        os.replace(tmp, self.out)
+
+
+def read_results(path: str | os.PathLike) -> list[dict]:
+    """Every record of a results file (Parquet or JSON lines; a Parquet run's journal too, when it was cut)."""
+    p = Path(path)
+    recs: list[dict] = []
+    if results_format(p) == "parquet":
+        if p.exists():
+            import pyarrow.parquet as pq
+
+            recs += pq.read_table(p).to_pylist()
+        p = p.with_name(p.name + ".partial.jsonl")
+    if p.exists():
+        for line in p.read_text().splitlines():
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return recs
+
+
+# ---- the library entry ----
+
+Progress = Callable[[int, int], None]
+
+
+def score_local(jobs: Sequence[Job], sink: ResultSink, source, task: str | None,
+                on_batch: Callable[[int], None]) -> dict:
+    """This process: one model, batches of one DMS group in manifest order within the group."""
+    t0 = time.perf_counter()
+    scorer = Scorer(load_source(source), task)
+    load_s = time.perf_counter() - t0
+    for b in batches(jobs):
+        on_batch(sink.write(scorer.score(b)))
+    return {"workers": 1, "model_load_s": load_s}
+
+
+def score_cohort(manifest: str | os.PathLike, out: str | os.PathLike, *, source: str | os.PathLike | None = None,
+                 engine: str = "local", address: str | None = None, workers: int | None = None,
+                 gpus_per_worker: float = 0, task: str | None = None, progress: Progress | None = None) -> dict:
+    """Score every recording of `manifest` with `source` (bundle folder, checkpoint, or None: built-in model),
+    writing one record per recording to `out` (*.parquet or *.jsonl) as they are produced; rows already in `out`
+    with the same key are skipped (resume). engine "local" scores in this process; "ray" on a Ray cluster
+    (`address`: "auto" or a cluster address; None starts a local one) with `workers` actors of `gpus_per_worker`
+    GPUs each. `progress(done, total)` is called as rows are written. Returns a summary dict."""
+    if engine not in ENGINES:
+        raise ResultsError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    t0 = time.perf_counter()
+    man = read_manifest(manifest, require_both_classes=False)
+    model_id = source_identity(source)
+    task_id = source_task(source, task)
+    jobs = make_jobs(man, task_id, model_id)
+    with ResultSink(out) as sink:
+        todo = [j for j in jobs if j.key not in sink.done]
+        total, done = len(jobs), len(jobs) - len(todo)
+        if progress:
+            progress(done, total)
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, total)
+
+        t1 = time.perf_counter()
+        info: dict = {"workers": 0}
+        if todo and engine == "local":
+            info = score_local(todo, sink, source, task, on_batch)
+        elif todo:
+            from .cohort_ray import score_ray
+
+            info = score_ray(todo, sink, source, task, on_batch, address=address, workers=workers,
+                             gpus_per_worker=gpus_per_worker)
+        scoring_s = time.perf_counter() - t1
+        missing = [j.rel for j in todo if j.key not in sink.done]
+        if missing:  # an engine that returned without every row is a bug, never a silent gap
+            raise ResultsError(f"{len(missing)} row(s) were not scored, e.g. {missing[0]}; run again to resume")
+        errors = sum(1 for j in jobs if sink.done[j.key].get("error"))
+        scored = sink.written
+    return {"out": os.fspath(out), "format": results_format(out), "engine": engine, **info,
+            "rows": total, "skipped": total - len(todo), "scored": scored, "errors": errors,
+            "task": task_id, "model_id": model_id, "scoring_s": scoring_s,
+            "recordings_per_s": scored / scoring_s if scored and scoring_s > 0 else None,
+            "seconds": time.perf_counter() - t0}
+
+
+def summary_line(s: dict) -> str:
+    rate = f", {s['recordings_per_s']:.2f} recordings/s" if s.get("recordings_per_s") else ""
+    return (f"{s['rows']} recordings: {s['scored']} scored, {s['skipped']} already done, {s['errors']} error rows"
+            f" ({s['engine']}, {s.get('workers', 0)} worker(s){rate}) -> {s['out']}")
+
+
+def job_dicts(jobs: Sequence[Job]) -> list[dict]:
+    return [asdict(j) for j in jobs]
