@@ -4,15 +4,18 @@
 
 The demo model never fitted these recordings or their patients (early stopping and its threshold used them),
 and none of them is a test_intra recording, so calibrating a bundle's threshold or its drift budget on them leaves
-the test data untouched (test_intra is SPRSound's intra-patient split: its patients also appear in train). The split is recomputed with the trainer's own function and seed, so it is the same split.
+the test data untouched (test_intra is SPRSound's intra-patient split: its patients also appear in train).
+The split is recomputed with the trainer's own function and seed, so it is the same split.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 from pathlib import Path
 
+from respi_edge.runtime import atomic
 from respi_edge.runtime.dms import MANIFEST_FIELDS
 from respi_edge.runtime.manifest import Row, read_manifest
 from respi_edge.train.recipe import load_recipe
@@ -30,14 +33,13 @@ def write_manifest(rows: list[Row], out: str | os.PathLike) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["path", "label", "patient", *[f for f in MANIFEST_FIELDS if any(f in r.dms for r in rows)]]
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(fields)
-        for r in rows:
-            w.writerow([os.path.relpath(r.path, out.parent.resolve()), r.label, r.patient,
-                        *[r.dms.get(k, "") for k in fields[3:]]])
-    tmp.replace(out)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(fields)
+    for r in rows:
+        w.writerow([os.path.relpath(r.path, out.parent.resolve()), r.label, r.patient,
+                    *[r.dms.get(k, "") for k in fields[3:]]])
+    atomic.write_text(out, buf.getvalue())
     return out
 
 

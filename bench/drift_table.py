@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from respi_edge.runtime import atomic
+
 
 def name(r: dict) -> str:
     q = r.get("quantization") or {}
@@ -90,10 +92,8 @@ def main() -> None:
           "ECE | sens / spec |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     md += [row(r) for r in rows]
     out = Path(a.out)
-    for suffix, text in ((".md", "\n".join(md) + "\n"), (".json", json.dumps(rows, indent=1))):
-        tmp = out.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out.with_suffix(suffix))
+    atomic.write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    atomic.write_json(out.with_suffix(".json"), rows)
     print("\n".join(md))
 
 

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from respi_edge.runtime import atomic
+from respi_edge.runtime.builtin import DEMO_TASK
+
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads (vocab 49152: the SmolLM2 tokenizer)
     "llama-0.4b": (1024, 4096, 24, 16, 8),
     "llama-1.5b": (2048, 5632, 32, 32, 4),  # TinyLlama-1.1B layer shapes, 32 layers
@@ -94,7 +97,7 @@ def make_checkpoint(name: str, path: Path, seed: int = 0) -> int:
 def run_export(ckpt: Path, llm: Path, bits: int, out: Path) -> dict:
     """One export in a fresh process: wall time and peak RSS of that process."""
     cmd = [sys.executable, "-m", "respi_edge.runtime.cli", "export", "--checkpoint", str(ckpt), "--llm", str(llm),
-           "--bits", str(bits), "--no-parity", "--encoder-variants", "", "--task", "sprsound_normal_vs_adventitious",
+           "--bits", str(bits), "--no-parity", "--encoder-variants", "", "--task", DEMO_TASK,
            "--out", str(out)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.time()
@@ -144,12 +147,12 @@ def main() -> None:
               "torch": torch.__version__, "rows": rows}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    atomic.write_json(out.with_suffix(".json"), result)
     md = ["| model | LLM params | checkpoint | bits | peak RSS | time | LLM in bundle |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['model']} | {r['llm_params'] / 1e9:.2f} B | {r['checkpoint_bytes'] / 2**30:.2f} GiB | "
                   f"{r['bits']} | {r['peak_rss_mb']:.0f} MB | {r['seconds']:.0f} s | {r['llm_bytes'] / 2**20:.0f} MiB |")
-    out.with_suffix(".md").write_text(f"Command: `{result['command']}`  \nMachine: {result['machine']}\n\n"
+    atomic.write_text(out.with_suffix(".md"), f"Command: `{result['command']}`  \nMachine: {result['machine']}\n\n"
                                       + "\n".join(md) + "\n")
     print("\n".join(md))
 

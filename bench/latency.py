@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from respi_edge.runtime import atomic
+
 try:  # the torch-free edge install times ONNX bundles without torch
     import torch
 except ImportError:  # pragma: no cover - exercised in the torch-free venv
@@ -147,21 +149,20 @@ def _sync(device: str) -> Callable[[], None]:
 
 
 def bench_model(model, audio_file: str, *, repeat: int, warmup: int, device: str) -> dict:
-    """Per-stage timings of one window on a loaded RespLLM or bundle (torch or numpy backend)."""
+    """Per-stage timings of one window on any `Backend` (arrays as that backend computes them)."""
     from respi_edge.runtime import api
     from respi_edge.runtime import audio as audio_fe
 
     sync = _sync(device)
     s = api.Session(model, dms=DEMO_DMS)
     spec = audio_fe.spectrogram(audio_file)
-    as_t = (lambda a: torch.from_numpy(a)) if torch is not None and not getattr(model, "numpy_backend", False) \
-        else (lambda a: a)
-    t_spec = as_t(spec)
-    emb = model.embed_audio(t_spec)
+    emb = model.embed_audio(spec)
+    # the spectrogram in the backend's own kind (torch or numpy), so the encoder stage times no conversion
+    t_spec = spec if isinstance(emb, np.ndarray) else torch.from_numpy(spec)
     pre = s.prefix
-    h = as_t(np.random.default_rng(0).standard_normal((1, AUDIO_TOKENS, model.hparams.d_llm), dtype=np.float32))
-    if torch is not None and isinstance(h, torch.Tensor):
-        h = h.to(getattr(model, "device_name", "cpu"))
+    h = np.random.default_rng(0).standard_normal((1, AUDIO_TOKENS, emb.shape[-1]), dtype=np.float32)
+    if not isinstance(emb, np.ndarray):  # hidden states of the backend's kind, device and dtype
+        h = torch.from_numpy(h).to(emb.device)
     stages = {
         "front end": timed(lambda: audio_fe.spectrogram(audio_file), repeat, warmup, sync),
         "encoder": timed(lambda: model.embed_audio(t_spec), repeat, warmup, sync),
@@ -170,7 +171,7 @@ def bench_model(model, audio_file: str, *, repeat: int, warmup: int, device: str
         "LLM+head, prefix reuse": timed(lambda: model.score(pre, emb), repeat, warmup, sync),
         "LLM+head, no reuse": timed(lambda: model.score(model.prefix(s.prompt_ids, s.dms_ids), emb), repeat,
                                     warmup, sync),
-        "head": timed(lambda: model._head(h), repeat, warmup, sync),
+        "head": timed(lambda: model.head_logits(h), repeat, warmup, sync),
         "end to end": timed(lambda: s.score_file(audio_file), repeat, warmup, sync),
     }
     return {k: percentiles(v) for k, v in stages.items()}
@@ -206,6 +207,8 @@ def build_synthetic(name: str, bits: int, device: str, quant: str | None = None)
 
 
 def bench_synthetic(name: str, bits: int, *, repeat: int, warmup: int, device: str, quant: str | None = None) -> dict:
+    from respi_edge.runtime.model import rewind
+
     sync = _sync(device)
     t0 = time.perf_counter()
     llm = build_synthetic(name, bits, device, quant)
@@ -218,12 +221,11 @@ def bench_synthetic(name: str, bits: int, *, repeat: int, warmup: int, device: s
     n = PROMPT_TOKENS + DMS_TOKENS
 
     with torch.inference_mode():
-        cache = llm(inputs_embeds=prefix, use_cache=True).past_key_values
+        cache = llm(inputs_embeds=prefix, use_cache=True).cache
 
         def reuse():
-            llm(inputs_embeds=audio, past_key_values=cache, use_cache=True)
-            for layer in cache.layers:
-                layer.crop(n - layer.keys.shape[-2])
+            llm(inputs_embeds=audio, cache=cache, use_cache=True)
+            rewind(cache, n)
 
         stages = {
             f"LLM prefill {AUDIO_TOKENS} tok, prefix reuse": timed(reuse, repeat, warmup, sync),
@@ -254,24 +256,25 @@ def bench_target(target: str | None, kind: str, audio_file: str, *, repeat: int,
     to the first window scored; without it, from this call (libraries already imported)."""
     t_start = time.time() if t_start is None else t_start
     from respi_edge.runtime import api
-    from respi_edge.runtime.bundle import load_bundle
+    from respi_edge.runtime.bundle import read_manifest
 
     if device == "cuda" and torch is None:
         device = "cpu"
     t0 = time.perf_counter()
     if kind == "bundle":
-        model = load_bundle(target, device=device, threads=threads)
-        q = model.manifest["quantization"]
+        model = api.load(target, device=device, threads=threads)
+        man = read_manifest(target, verify_hashes=False)  # verified by the load
+        q = man["quantization"]
         bits, quant = q["bits"], q["quant"]
-        label = f"{Path(target).name} ({model.manifest.get('backend')} {bits}-bit {quant})"
-        size = sum(f["bytes"] for f in model.manifest["files"].values())
+        label = f"{Path(target).name} ({man.get('backend')} {bits}-bit {quant})"
+        size = sum(f["bytes"] for f in man["files"].values())
     else:
-        model = api.load_model(target)
+        model = api.load(target)  # a checkpoint runs on the CPU
         bits, quant, label, size = 32, "fp32", f"reference fp32 ({model.info.name})", None
     load_s = time.perf_counter() - t0
     api.Session(model, dms=DEMO_DMS).score_file(audio_file)
     cold = time.time() - t_start
-    dev = "cuda" if getattr(model, "device_name", "cpu") == "cuda" else "cpu"
+    dev = model.device
     name_dev = device_name(dev)
     stages = bench_model(model, audio_file, repeat=repeat, warmup=warmup, device=dev)
     llm = getattr(model, "llm", None)
@@ -355,10 +358,8 @@ def write_results(rows: list[dict], out: str | None, command: str, note: str | N
             f"{doc['cpu_bandwidth_gbs']:.1f} GB/s"
             + (f", fp32 matmul {doc['cpu_matmul_tflops'] * 1000:.0f} GFLOP/s" if doc["cpu_matmul_tflops"] else "")
             + "  \n" + (f"{note}  \n" if note else "") + "\n")
-    for suffix, text in ((".json", json.dumps(doc, indent=1)), (".md", head + markdown(rows) + "\n")):
-        tmp = p.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p.with_suffix(suffix))
+    atomic.write_json(p.with_suffix(".json"), doc)
+    atomic.write_text(p.with_suffix(".md"), head + markdown(rows) + "\n")
 
 
 if __name__ == "__main__":  # a child of run_isolated: one job as JSON in argv, one JSON line out

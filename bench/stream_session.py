@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from respi_edge.runtime import atomic
+
 
 def main() -> None:
     from respi_edge.runtime import api
     from respi_edge.runtime import contract as C
     from respi_edge.runtime.audio import spec_from_window
-    from respi_edge.runtime.bundle import load_bundle
     from respi_edge.runtime.stream import StreamConfig, screen
 
     ap = argparse.ArgumentParser()
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/stream_session")
     a = ap.parse_args()
 
-    model = load_bundle(a.bundle) if a.bundle else api.load_model()
+    model = api.load(a.bundle)
     session = api.Session(model, dms="Gender: F. Age: 9.7. Record location: left lateral chest.")
     files = sorted(Path(a.data, "audio").glob("*.flac"))[:12]
     stop = threading.Event()
@@ -74,13 +75,13 @@ def main() -> None:
     doc = {"command": "python -m respi_edge.bench.stream_session " + " ".join(
                f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k in ("bundle", "seconds", "hop")),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU (compute: "
-                      f"{getattr(model, 'device_name', 'cpu')})",
+                      f"{model.device})",
            "model": model.info.name, "summary": summary, "latency_ms": table,
            "rtf": float(np.percentile(compute, 50)) / 1000 / a.hop,
            "offline_max_abs_dp": float(max(dp)) if dp else None, "windows_scored": len(scored)}
     Path(summary["saved_audio"]).unlink()
     out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    atomic.write_json(out.with_suffix(".json"), doc)
     md = [f"Command: `{doc['command']}`  \nMachine: {doc['machine']}  \nModel: {doc['model']}\n",
           "| stage | p50 ms | p95 ms |", "|---|---|---|"]
     md += [f"| {s} | {v['p50']:.1f} | {v['p95']:.1f} |" for s, v in table.items()]
@@ -88,7 +89,7 @@ def main() -> None:
               f"scored, {summary['rejected']} rejected, {summary['skipped']} skipped, {summary['overflows']} "
               f"overflows; RTF (compute p50 / hop) {doc['rtf']:.2f}; max |Δp| live vs offline on the same samples "
               f"{doc['offline_max_abs_dp']:.2e}.")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    atomic.write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -45,7 +45,9 @@ def fake_quant(w: torch.Tensor, bits: int, quant: str = "nf4") -> torch.Tensor:
     if bits == 16:
         return w.to(torch.float16).to(w.dtype)
     if bits == 8:
-        cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
+        from respi_edge.runtime.backends.bnb_llm import quantize_int8
+
+        cb, scb = quantize_int8(w)
         return (cb.float() * (scb.float()[:, None] / 127.0)).to(w.dtype)
     q, qs = F.quantize_4bit(w.float().contiguous(), blocksize=64, quant_type=quant)
     return F.dequantize_4bit(q, qs).to(w.dtype)
@@ -104,10 +106,9 @@ class DriftMeter:
     def _int8(self, name: str, w: torch.Tensor, make) -> torch.nn.Module:
         """The bundle's own 8-bit module for a tensor, from the exporter's bytes (built once)."""
         if name not in self.int8:
-            from respi_edge.export.quantize import QuantScheme, quantize_tensor
+            from respi_edge.runtime.backends.bnb_llm import quantize_int8
 
-            q = quantize_tensor(f"{name}.weight", w, QuantScheme.parse(8, None, False))
-            self.int8[name] = make(q[f"{name}.weight"], q[f"{name}.SCB"])
+            self.int8[name] = make(*quantize_int8(w))
         return self.int8[name]
 
     def apply(self, plan: dict[int, int], quant: str) -> None:

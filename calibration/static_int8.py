@@ -2,10 +2,11 @@
 weights, MinMax activation ranges from real recordings), next to onnxruntime's dynamic int8."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
+
+from respi_edge.runtime.quiet import root_logger_quiet
 
 
 class SpectrogramReader:
@@ -30,12 +31,7 @@ def calibration_specs(manifest: str, limit: int = 32) -> list[np.ndarray]:
 def export_int8_static(src: Path, dst: Path, specs: list[np.ndarray]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with root_logger_quiet():
         quantize_static(str(src), str(dst), SpectrogramReader(specs), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=CalibrationMethod.MinMax)
-    finally:
-        root.setLevel(level)

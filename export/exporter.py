@@ -6,6 +6,7 @@ bitsandbytes layer is off by 66 % relative, measured). Everything is written int
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.resources
 import json
@@ -26,6 +27,7 @@ from respi_edge.runtime import bundle as B
 from respi_edge.runtime.api import softmax, to_numpy
 from respi_edge.runtime import checkpoint as ckpt
 from respi_edge.runtime import contract
+from respi_edge.runtime.builtin import DEMO_TASK
 from respi_edge.runtime.checkpoint import Checkpoint, open_checkpoint
 from respi_edge.runtime.hashing import sha256_file
 from respi_edge.runtime.errors import BundleError
@@ -69,6 +71,27 @@ def versions() -> dict:
     return out
 
 
+class Models:
+    """The full-precision models an export needs, each built at most once: the merged one (LoRA folded in; the
+    ONNX trunk, the drift planner and parity all use it) and the unmerged reference (parity only)."""
+
+    def __init__(self, ck: Checkpoint, llm_spec):
+        self.ck, self.llm_spec = ck, llm_spec
+
+    @functools.cached_property
+    def merged(self):
+        return assemble(self.ck, self.llm_spec, merge_lora=True)
+
+    @functools.cached_property
+    def reference(self):
+        return assemble(self.ck, self.llm_spec)  # full precision, LoRA unmerged: the reference computation
+
+    def release(self) -> None:
+        """Drop what was built (the bitsandbytes shard writer streams from the checkpoint, not from these)."""
+        self.__dict__.pop("merged", None)
+        self.__dict__.pop("reference", None)
+
+
 def _open(checkpoint: str | None) -> tuple[Checkpoint, str, str]:
     if checkpoint is None:
         from respi_edge.runtime.builtin import builtin_checkpoint
@@ -101,29 +124,21 @@ def _max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def _logits_on_audio(model, audio: torch.Tensor, prompt_ids: torch.Tensor, dms_ids: torch.Tensor) -> torch.Tensor:
-    """RespLLM.forward's full pass (no prefix cache) on precomputed audio embeddings: the encoder, identical in
-    the merged and unmerged models, then runs once per input instead of once per model."""
-    with torch.inference_mode():
-        text = torch.cat([model.embed_tokens(prompt_ids), model.embed_tokens(dms_ids)], dim=1)
-        x = torch.cat([text.to(audio.dtype), audio], dim=1)
-        return model._head(model.llm(inputs_embeds=x, use_cache=False).last_hidden_state)
-
-
-def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: ExportOptions, task_prompt: str,
+def compute_parity(models: Models, bundle_dir: Path, man: dict, opts: ExportOptions, task_prompt: str,
                    say: Callable[[str], None]) -> dict:
     """Max |Δ| of each encoder variant vs torch (batch of all inputs, and B=1 vs B=3), merged vs unmerged logits,
-    bundle vs reference logits/P."""
+    bundle vs reference logits/P. Logits of both torch models come from the same audio embeddings (the encoder is
+    identical in both, so it runs once per input instead of once per model)."""
     from respi_edge.runtime.backends.onnx_audio import OnnxAudio
 
-    ref = assemble(ck, llm_spec)  # full precision, LoRA unmerged: the reference computation
-    merged = assemble(ck, llm_spec, merge_lora=True)
+    ref, merged = models.reference, models.merged
+    bundle_files = B.open_bundle(bundle_dir, manifest=man)
     inputs = parity_inputs(opts.parity_manifest)
     specs = np.stack([s for _, s, _ in inputs])
     emb_ref = ref.embed_audio(torch.from_numpy(specs))
     par: dict = {}
-    for name, rel in man["encoder"]["variants"].items():
-        onnx = OnnxAudio(bundle_dir / rel, "cpu")
+    for name in man["encoder"]["variants"]:
+        onnx = OnnxAudio(bundle_files.encoder_file(name), "cpu")
         par[f"encoder_{name}_max_abs"] = _max_abs(onnx.embed(specs), emb_ref.numpy())
         if name == "fp32":  # dynamic batch: B=3 against B=1, and both against torch
             b3 = onnx.embed(specs[:3])
@@ -138,8 +153,8 @@ def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: 
     p_ids = ref.tokenize(task_prompt)
     for i, (name, spec, dms) in enumerate(inputs):
         d_ids = ref.tokenize(dms)
-        lr = _logits_on_audio(ref, emb_ref[i:i + 1], p_ids, d_ids)[0]
-        lm = _logits_on_audio(merged, emb_ref[i:i + 1], p_ids, d_ids)[0]
+        lr = ref.forward_embeds(emb_ref[i:i + 1], p_ids, d_ids)[0]
+        lm = merged.forward_embeds(emb_ref[i:i + 1], p_ids, d_ids)[0]
         lb = to_numpy(bundle.score(bundle.prefix(bundle.tokenize(task_prompt), bundle.tokenize(dms)),
                                    bundle.embed_audio(spec))[0])
         pr, pb = float(softmax(lr)[1]), float(softmax(lb)[1])
@@ -153,7 +168,7 @@ def compute_parity(ck: Checkpoint, llm_spec, bundle_dir: Path, man: dict, opts: 
     return par
 
 
-def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantScheme, say) -> dict:
+def drift_plan(ck: Checkpoint, models: Models, opts: ExportOptions, scheme: QuantScheme, say) -> dict:
     """Per-layer sensitivity on the calibration manifest, then the cheapest plan within --max-drift."""
     from respi_edge.calibration.sensitivity import CALIBRATION_SIZE, DriftMeter, calibration_set, precision_plan
     from respi_edge.runtime.prompts import get_task
@@ -162,9 +177,9 @@ def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantSchem
         raise BundleError("--max-drift needs --calibration MANIFEST (the recordings the drift is measured on)")
     if scheme.bits != 4:
         raise BundleError("--max-drift plans 4-bit exports (layers are kept at 8 or 16 bits as needed)")
-    task = get_task(ck.meta.get("task") or "sprsound_normal_vs_adventitious")
+    task = get_task(ck.meta.get("task") or DEMO_TASK)
     say(f"drift budget: per-layer sensitivity on {opts.calibration}")
-    merged = assemble(ck, llm_spec, merge_lora=True)
+    merged = models.merged
     cal = calibration_set(opts.calibration, opts.calibration_size or CALIBRATION_SIZE)
     meter = DriftMeter(merged, task.prompt, cal)
     info = precision_plan(meter, merged.llm.config.num_hidden_layers, opts.max_drift, scheme.quant, say,
@@ -173,23 +188,21 @@ def drift_plan(ck: Checkpoint, llm_spec, opts: ExportOptions, scheme: QuantSchem
     return info
 
 
-def write_onnx_llm(ck: Checkpoint, llm_spec, llm_dir: Path, scheme: QuantScheme, tokenizer) -> dict:
+def write_onnx_llm(ck: Checkpoint, models: Models, llm_dir: Path, scheme: QuantScheme, tokenizer) -> dict:
     """Merged fp32 trunk → ONNX with past key/values → MatMulNBits (or fp16); embeddings and tokenizer beside it.
 
-    Unlike the bitsandbytes path this builds the merged model in memory (torch.onnx needs a module)."""
+    Unlike the bitsandbytes path this needs the merged model in memory (torch.onnx needs a module)."""
     from safetensors.numpy import save_file as save_np
 
     from .onnx_llm import export_trunk, quantize_trunk
 
     llm_dir.mkdir(parents=True)
-    merged = assemble(ck, llm_spec, merge_lora=True)
-    llm = merged.llm
+    llm = models.merged.llm
     cfg = llm.config
     emb = llm.get_input_embeddings().weight.detach().float().numpy().astype(np.float16)
     save_np({"weight": emb}, str(llm_dir / "embed.safetensors"))
     raw = llm_dir / "trunk.fp32.onnx"
     export_trunk(llm, ck.hparams.d_ff, raw)
-    del merged, llm
     name = "trunk.onnx"
     quantize_trunk(raw, llm_dir / name, scheme.bits, scheme.blocksize or 32)
     for f in llm_dir.glob("trunk.fp32.onnx*"):
@@ -201,7 +214,7 @@ def write_onnx_llm(ck: Checkpoint, llm_spec, llm_dir: Path, scheme: QuantScheme,
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return {"trunk": f"llm/{name}", "embeddings": "llm/embed.safetensors", "tokenizer": "llm/tokenizer.json",
             "n_layers": cfg.num_hidden_layers, "kv_heads": cfg.num_key_value_heads, "head_dim": hd,
-            "hidden_size": cfg.hidden_size, "add_special_tokens": True, "opset": 17}
+            "hidden_size": cfg.hidden_size, "add_special_tokens": True}
 
 
 def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: str | None = None,
@@ -229,6 +242,7 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
     if threshold is not None:
         ck.meta["threshold"] = float(threshold)
     llm_spec = llm if llm is not None else ck.meta.get("base_llm")
+    models = Models(ck, llm_spec)
     base = resolve_llm(llm_spec)
     config, tokenizer = load_config(base), load_tokenizer(base)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,17 +251,19 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
         llm_dir = tmp / "llm"
         if opts.backend == "onnx":
             say(f"LLM: merging LoRA in float32, exporting the trunk to ONNX, {scheme.quant}")
-            onnx_llm = write_onnx_llm(ck, llm_spec, llm_dir, scheme, tokenizer)
+            onnx_llm = write_onnx_llm(ck, models, llm_dir, scheme, tokenizer)
             info = {"files": [onnx_llm["trunk"].split("/", 1)[1]], "tensors": None}
         else:
             plan = None
             if opts.max_drift is not None:
-                plan_info = drift_plan(ck, llm_spec, opts, scheme, say)
+                plan_info = drift_plan(ck, models, opts, scheme, say)
                 plan = plan_info["plan"]
             say(f"LLM: merging LoRA in float32 and writing {scheme.bits}-bit {scheme.quant} shards")
             llm_part = ck.part(ckpt.LLM_PREFIX)
             if not ck.has_llm_weights:
                 llm_part = {**base_llm_weights(base), **llm_part}
+            if not opts.parity:
+                models.release()  # the drift planner's merged model is not needed again
             info = write_llm(merged_tensors(llm_part, ck.hparams.llm_lora_alpha, mmapped=True), llm_dir,
                              scheme, opts.shard_bytes, plan=plan)
             del llm_part
@@ -287,31 +303,26 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
         caveats = list(ck.meta.get("caveats", []))
         if base.caveat and base.caveat not in caveats:
             caveats.append(base.caveat)
-        man = {
-            "backend": opts.backend, "name": ck.meta.get("name", Path(source).name), "task": ck.meta.get("task"),
-            "threshold": float(ck.meta.get("threshold", 0.5)), "untrained": bool(ck.meta.get("untrained")),
-            "caveats": caveats, "disclaimer": "Screening aid, not a diagnosis.",
-            "source": {"checkpoint": source, "sha256": digest, "base_llm": base.name, "epoch": ck.epoch},
-            "hparams": hp, "quantization": {**scheme.to_dict(), **({"layer_plan": plan_info["plan"],
-                                                                      "drift_budget": plan_info}
-                                                                     if opts.max_drift is not None else {})},
-            "llm": {"dir": "llm", "format": f"respi-edge-llm/{scheme.bits}bit", "tensors": info["tensors"]},
-            "encoder": {"default": "fp32", "variants": variants, "opset": 17},
-            "head": "head.safetensors", "configs": "configs", "frontend": "frontend.json",
-            "sizes": {"llm_bytes": sum(f.stat().st_size for f in llm_dir.rglob("*")
-                                       if f.is_file() and not f.name.startswith("tokenizer"))},
-            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if opts.backend == "onnx":
-            man["onnx_llm"] = onnx_llm
+        man = B.new_manifest(
+            backend=opts.backend, name=ck.meta.get("name", Path(source).name), task=ck.meta.get("task"),
+            threshold=float(ck.meta.get("threshold", 0.5)), untrained=bool(ck.meta.get("untrained")),
+            caveats=caveats, source={"checkpoint": source, "sha256": digest, "base_llm": base.name, "epoch": ck.epoch},
+            hparams=hp, quantization={**scheme.to_dict(), **({"layer_plan": plan_info["plan"], "drift_budget": plan_info}
+                                                             if opts.max_drift is not None else {})},
+            llm={"dir": "llm", "format": f"respi-edge-llm/{scheme.bits}bit", "tensors": info["tensors"]},
+            encoder_variants=variants,
+            sizes={"llm_bytes": sum(f.stat().st_size for f in llm_dir.rglob("*")
+                                    if f.is_file() and not f.name.startswith("tokenizer"))},
+            versions=versions(), onnx_llm=onnx_llm if opts.backend == "onnx" else None)
+        man["files"] = B.file_table(tmp)  # hashed once: parity reads the bundle through it, the seal reuses it
         if opts.parity:
             from respi_edge.runtime.prompts import get_task
 
-            task = ck.meta.get("task") or "sprsound_normal_vs_adventitious"
+            task = ck.meta.get("task") or DEMO_TASK
             man["parity_task"] = task
-            man["parity"] = compute_parity(ck, llm_spec, tmp, man, opts, get_task(task).prompt, say)
+            man["parity"] = compute_parity(models, tmp, man, opts, get_task(task).prompt, say)
         man["seconds"] = round(time.time() - t0, 1)
-        B.write_manifest(tmp, man)
+        B.write_manifest(tmp, man, files=man["files"])
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp and safetensors create owner-only files
             p.chmod(0o755 if p.is_dir() else 0o644)
         if out.exists():
@@ -320,4 +331,4 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return json.loads((out / B.MANIFEST).read_text())
+    return B.read_manifest(out, verify_hashes=False)

@@ -1,7 +1,7 @@
 """Audio encoder + projector as one ONNX graph: spectrogram (B, 256, 64) → audio embeddings (B, 64, d_llm).
 
-Exported with torch's TorchScript-based exporter (opset 17, dynamic batch; ENVIRONMENT.md §5), from the same
-`ClapAudioModel` the torch path runs. Variants: fp16 weights (onnxruntime's float16 converter, inputs/outputs
+Exported with torch's TorchScript-based exporter (opset bundle.ONNX_OPSET, dynamic batch; ENVIRONMENT.md §5),
+from the same `ClapAudioModel` the torch path runs. Variants: fp16 weights (onnxruntime's float16 converter, inputs/outputs
 kept float32) and dynamic int8 (onnxruntime.quantization). optimum-onnx is not used: it pins transformers < 4.58.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from respi_edge.runtime.bundle import ONNX_OPSET
 from respi_edge.runtime.errors import DependencyError
-
-OPSET = 17
+from respi_edge.runtime.quiet import root_logger_quiet
 
 
 class EncoderProjector(nn.Module):
@@ -37,7 +37,7 @@ def export_fp32(encoder: nn.Module, aligner: nn.Linear, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x,), str(path), input_names=["spec"], output_names=["audio_emb"],
-                          dynamic_axes={"spec": {0: "batch"}, "audio_emb": {0: "batch"}}, opset_version=OPSET,
+                          dynamic_axes={"spec": {0: "batch"}, "audio_emb": {0: "batch"}}, opset_version=ONNX_OPSET,
                           dynamo=False)
 
 
@@ -50,17 +50,10 @@ def export_fp16(src: Path, dst: Path) -> None:
 
 
 def export_int8(src: Path, dst: Path) -> None:
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs every integer tensor it skips on the root logger
-    try:
+    with root_logger_quiet():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
 
 
 def run_onnx(path: Path, spec: np.ndarray) -> np.ndarray:

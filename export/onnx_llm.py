@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-OPSET = 17
+from respi_edge.runtime.bundle import ONNX_OPSET
+from respi_edge.runtime.quiet import root_logger_quiet
 
 
 class TrunkWithPast(nn.Module):
@@ -32,9 +33,9 @@ class TrunkWithPast(nn.Module):
         p = past[0].shape[2]
         s = inputs_embeds.shape[1]
         pos = torch.arange(s, dtype=torch.long).unsqueeze(0) + p
-        out = self.llm(inputs_embeds=inputs_embeds, past_key_values=cache, position_ids=pos, use_cache=True)
+        out = self.llm(inputs_embeds=inputs_embeds, cache=cache, position_ids=pos, use_cache=True)
         presents = []
-        for layer in out.past_key_values.layers:
+        for layer in out.cache.layers:
             presents += [layer.keys, layer.values]
         return (out.last_hidden_state[:, :, : self.d_ff], *presents)
 
@@ -63,7 +64,7 @@ def export_trunk(llm: nn.Module, d_ff: int, path: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x, *past), str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+                          dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
     if big:
         import onnx
 
@@ -80,17 +81,10 @@ def quantize_trunk(src: Path, dst: Path, bits: int, block_size: int = 32) -> Non
 
         onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
         return
-    import logging
-
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with root_logger_quiet():
         q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True)
         q.process()
         big = q.model.model.ByteSize() > 2 * 1024**3 - (64 << 20)
         q.model.save_model_to_file(str(dst), use_external_data_format=big)
-    finally:
-        root.setLevel(level)

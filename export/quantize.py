@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from respi_edge.runtime.backends.bnb_llm import quantize_int8
 from respi_edge.runtime.errors import DependencyError
 
 
@@ -65,10 +66,10 @@ def quantize_tensor(key: str, w: torch.Tensor, scheme: QuantScheme) -> dict[str,
     quantize = is_linear_weight(key) or (scheme.embeddings and is_embedding(key))
     if not quantize:
         return {key: w.float().contiguous()}
-    F = _bnb()
     if scheme.bits == 8:
-        cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
-        return {key: cb.contiguous(), key[: -len("weight")] + "SCB": scb.contiguous()}
+        cb, scb = quantize_int8(w)
+        return {key: cb, key[: -len("weight")] + "SCB": scb}
+    F = _bnb()
     nested = scheme.double_quant and is_linear_weight(key)
     q, qs = F.quantize_4bit(w.float().contiguous(), blocksize=scheme.blocksize, compress_statistics=nested,
                             quant_type=scheme.quant)

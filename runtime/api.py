@@ -1,7 +1,7 @@
 """The public library API: load a model, build the text inputs, score audio → P(condition).
 
     >>> from respi_edge.runtime import api
-    >>> model = api.load_model()                      # built-in model (or checkpoint=..., llm=...)
+    >>> model = api.load()                            # built-in model; or a checkpoint, a bundle folder, a hub id
     >>> s = api.Session(model, task="sprsound_normal_vs_adventitious", gender="M", age="7", location="p3")
     >>> s.score_file("recording.flac").prob           # P(class 1); a screening aid, not a diagnosis
 
@@ -12,18 +12,23 @@ single-sample semantics (batched reference runs pad DMS texts and change results
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from . import audio as audio_fe
 from . import contract
+from .backends import Backend
 from .dms import build_dms
-from .errors import DependencyError, PromptError
-from .info import ModelInfo
+from .errors import CheckpointError, DependencyError, ModelError, PromptError
+from .info import DISCLAIMER, ModelInfo
 from .prompts import Task, get_task, task_from_prompt
 
-DISCLAIMER = "Screening aid, not a diagnosis: confirm every result clinically."
+ENGINES = ("torch", "torch-bnb", "onnx")  # torch: a checkpoint (reference computation); the others: bundles
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -42,6 +47,69 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def load(source: str | os.PathLike | None = None, *, device: str = "auto", engine: str | None = None,
+         encoder_variant: str | None = None, llm: str | os.PathLike | None = None, threads: int | None = None,
+         merge_lora: bool = False, d_ff: int | None = None, llm_lora_alpha: float | None = None,
+         verify_hashes: bool = True) -> Backend:
+    """The one entry to a model: `source` is a checkpoint file, a bundle folder, a hub id ("org/name", holding
+    either) or None (the built-in model).
+
+    device: "auto" | "cpu" | "cuda" (bundles; checkpoints run on the CPU). engine: None (what the source is),
+    "torch" (a checkpoint), "torch-bnb" or "onnx" (a bundle exported for it): a mismatch is an error, not a
+    silent fallback. encoder_variant, threads: a bundle's ONNX encoder variant and ONNX Runtime threads. llm,
+    merge_lora, d_ff, llm_lora_alpha: a checkpoint's base LLM and expert overrides."""
+    if engine is not None and engine not in ENGINES:
+        raise ModelError(f"unknown engine {engine!r}: one of {', '.join(ENGINES)}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ModelError(f"unknown device {device!r}: auto, cpu or cuda")
+    if source is not None:
+        source = _resolve_hub(os.fspath(source))
+    if source is not None and Path(source).is_dir():
+        from .bundle import load_bundle, read_manifest
+
+        man = read_manifest(source, verify_hashes=verify_hashes)
+        backend = man.get("backend", "torch-bnb")
+        if engine not in (None, backend):
+            raise ModelError(f"{source}: a {backend} bundle; engine {engine} needs a bundle exported with "
+                             f"--backend {engine}")
+        if llm is not None or merge_lora or d_ff is not None or llm_lora_alpha is not None:
+            raise ModelError(f"{source}: a bundle holds its merged LLM; --llm, --merge-lora, --d-ff and "
+                             f"--lora-alpha apply to checkpoints")
+        return load_bundle(source, device=device, encoder_variant=encoder_variant, threads=threads, manifest=man)
+    if engine not in (None, "torch"):
+        raise ModelError(f"engine {engine} runs exported bundles: export this checkpoint with "
+                         f"`respi-edge export --backend {engine}`, or leave the engine out")
+    if encoder_variant is not None:
+        raise ModelError("encoder variants belong to exported bundles; a checkpoint runs its encoder in torch")
+    if device == "cuda":
+        raise ModelError("checkpoints run on the CPU here; export a bundle to run on a GPU (--device cuda)")
+    return load_model(source, llm, merge_lora=merge_lora, d_ff=d_ff, llm_lora_alpha=llm_lora_alpha)
+
+
+def _resolve_hub(source: str) -> str:
+    """A hub id ("org/name", not a local path) → its downloaded snapshot: a bundle folder or one checkpoint file."""
+    if os.path.exists(source) or not HUB_ID.match(source) or source.lower().endswith(CHECKPOINT_SUFFIXES):
+        return source
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise DependencyError(f"{source}: not a local file or folder, and loading it as a hub id needs "
+                              f"huggingface_hub (pip install huggingface_hub)") from None
+    try:
+        folder = snapshot_download(source)
+    except Exception as e:  # offline, gated, unknown id: the hub's own message says which
+        raise ModelError(f"{source}: not a local file or folder, and the hub did not deliver it ({e})") from None
+    from .bundle import is_bundle
+
+    if is_bundle(folder):
+        return folder
+    found = [p for p in sorted(Path(folder).iterdir()) if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()]
+    if len(found) != 1:
+        raise CheckpointError(f"{source}: the hub repository holds neither a bundle (manifest.json) nor exactly one "
+                              f"checkpoint file ({len(found)} found)")
+    return str(found[0])
 
 
 def load_model(*args, **kwargs):

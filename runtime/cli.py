@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from .errors import RespiEdgeError
-
-DISCLAIMER_SHORT = "screening aid, not a diagnosis"
+from .errors import BundleError, RespiEdgeError
+from .info import DISCLAIMER_SHORT
+from .quiet import quiet_libraries
 
 
 def friendly_errors(fn):
@@ -31,52 +31,51 @@ def friendly_errors(fn):
     return wrapper
 
 
-def quiet_libraries() -> None:
-    """Keep library chatter (progress bars, advisory warnings) off the user's terminal."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
+def options(*decorators):
+    """Apply click options so that --help lists them in the order given (click lists the last applied first)."""
 
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    for name in ("transformers", "peft", "accelerate", "bitsandbytes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
+    def apply(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    return apply
 
 
-def model_options(fn):
-    fn = click.option("--checkpoint", type=click.Path(dir_okay=False),
-                      help="Official RespLLM checkpoint (.pt) or compact checkpoint (.safetensors). "
-                           "Default: the built-in model.")(fn)
-    fn = click.option("--llm", help="Base LLM: hub id or local folder (config + tokenizer [+ weights]). "
-                                    "Default: the built-in SmolLM2-135M-Instruct (Q4_1 GGUF).")(fn)
-    fn = click.option("--merge-lora/--no-merge-lora", default=False,
-                      help="Fold the LLM LoRA into the base weights before running (same results within 1e-4).")(fn)
-    fn = click.option("--d-ff", type=int, default=None, help="Override d_ff (default: from the head's shape).")(fn)
-    fn = click.option("--lora-alpha", type=float, default=None,
-                      help="LLM LoRA alpha (not stored in checkpoints; reference default 32).")(fn)
-    return fn
+# --help order everywhere: input, patient (DMS), task, model/bundle, output, then expert options
 
+DMS_OPTIONS = options(
+    click.option("--gender", help="Patient gender, free text or a dataset code (M/F)."),
+    click.option("--age", help="Patient age, as text (e.g. 7, 45-54)."),
+    click.option("--location", help="Recording location: code (p1..p4, Tc/Al/Ar/.., L1..R6, 'P R L') or text."),
+    click.option("--history", help="Medical history: comma-separated codes (asthma,copd,..), 'none' or text."),
+    click.option("--symptoms", help="Symptoms: comma-separated codes (drycough,fever,..), 'none' or text."),
+    click.option("--dms", "dms_text", help="The whole DMS text, used as is (overrides the fields above)."),
+)
 
-def task_options(fn):
-    fn = click.option("--task", "task", help="Task id (see `respi-edge tasks`).")(fn)
-    fn = click.option("--prompt", help="Free-text task prompt, used as is.")(fn)
-    return fn
+TASK_OPTIONS = options(
+    click.option("--task", "task", help="Task id (see `respi-edge tasks`)."),
+    click.option("--prompt", help="Free-text task prompt, used as is."),
+    click.option("--threshold", type=float, default=None,
+                 help="Decision threshold on P(class 1) (default: the model's)."),
+)
 
+MODEL_OPTIONS = options(
+    click.option("--bundle", type=click.Path(file_okay=False), help="Exported bundle folder instead of a checkpoint."),
+    click.option("--checkpoint", type=click.Path(dir_okay=False),
+                 help="Official RespLLM checkpoint (.pt) or compact checkpoint (.safetensors). "
+                      "Default: the built-in model."),
+    click.option("--llm", help="Base LLM of a checkpoint: hub id or local folder (config + tokenizer [+ weights]). "
+                               "Default: the built-in SmolLM2-135M-Instruct (Q4_1 GGUF)."),
+)
 
-def dms_options(fn):
-    fn = click.option("--gender", help="Patient gender, free text or a dataset code (M/F).")(fn)
-    fn = click.option("--age", help="Patient age, as text (e.g. 7, 45-54).")(fn)
-    fn = click.option("--location", help="Recording location: code (p1..p4, Tc/Al/Ar/.., L1..R6, 'P R L') or text.")(fn)
-    fn = click.option("--history", help="Medical history: comma-separated codes (asthma,copd,..), 'none' or text.")(fn)
-    fn = click.option("--symptoms", help="Symptoms: comma-separated codes (drycough,fever,..), 'none' or text.")(fn)
-    fn = click.option("--dms", "dms_text", help="The whole DMS text, used as is (overrides the fields above).")(fn)
-    return fn
+EXPERT_MODEL_OPTIONS = options(
+    click.option("--merge-lora/--no-merge-lora", default=False,
+                 help="Expert: fold the LLM LoRA into the base weights before running (same results within 1e-4)."),
+    click.option("--d-ff", type=int, default=None, help="Expert: override d_ff (default: from the head's shape)."),
+    click.option("--lora-alpha", type=float, default=None,
+                 help="Expert: LLM LoRA alpha (not stored in checkpoints; reference default 32)."),
+)
 
 
 def dms_kwargs(kw: dict) -> dict:
@@ -85,6 +84,18 @@ def dms_kwargs(kw: dict) -> dict:
     if text is not None:
         out = {"dms": text}
     return out
+
+
+def load_from_options(checkpoint, bundle, llm, merge_lora=False, d_ff=None, lora_alpha=None, device="auto"):
+    """--bundle or --checkpoint (or neither: the built-in model) through the library's one entry, api.load."""
+    from . import api
+
+    if bundle and checkpoint:
+        raise click.UsageError("give --bundle or --checkpoint, not both")
+    if bundle and not os.path.isdir(bundle):
+        raise BundleError(f"{bundle}: bundle folder not found")
+    return api.load(bundle or checkpoint, device=device, llm=llm, merge_lora=merge_lora, d_ff=d_ff,
+                    llm_lora_alpha=lora_alpha)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,12 +124,11 @@ def tasks(as_json: bool) -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@model_options
-@click.option("--bundle", type=click.Path(file_okay=False), help="Exported bundle folder instead of a checkpoint.")
-@task_options
-@dms_options
-@click.option("--threshold", type=float, default=None, help="Decision threshold on P(class 1) (default: the model's).")
+@DMS_OPTIONS
+@TASK_OPTIONS
+@MODEL_OPTIONS
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file (JSON lines).")
+@EXPERT_MODEL_OPTIONS
 @friendly_errors
 def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, prompt, threshold, as_json,
             **kw) -> None:
@@ -129,12 +139,7 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
     from .errors import AudioError
 
     dms = dms_kwargs(kw)
-    if bundle:
-        from .bundle import load_bundle
-
-        model = load_bundle(bundle)
-    else:
-        model = api.load_model(checkpoint, llm, merge_lora=merge_lora, d_ff=d_ff, llm_lora_alpha=lora_alpha)
+    model = load_from_options(checkpoint, bundle, llm, merge_lora, d_ff, lora_alpha)
     session = api.Session(model, task, prompt, threshold=threshold, **dms)
     info = model.info
     if not as_json:
@@ -168,16 +173,15 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
 @main.command()
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Official or compact checkpoint (default: built-in).")
 @click.option("--llm", help="Base LLM: hub id or local folder (default: the checkpoint's / built-in SmolLM2).")
+@click.option("--task", "task", help="Task the bundle screens for (default: the checkpoint's own).")
+@click.option("--threshold", type=float, help="Decision threshold stored in the bundle (default: the checkpoint's).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @click.option("--bits", type=click.Choice(["4", "8", "16"]), default="4", show_default=True)
 @click.option("--quant", type=click.Choice(["nf4", "fp4", "int8", "fp16", "bf16"]), default=None,
               help="4-bit: nf4 (default) or fp4; 8-bit: int8 (LLM.int8); 16-bit: fp16 (default) or bf16.")
-@click.option("--double-quant", is_flag=True, help="4-bit: also quantize the quantization constants.")
-@click.option("--no-embedding-quant", is_flag=True, help="Keep the token-embedding table in float32.")
-@click.option("--encoder-variants", default="fp16,int8", show_default=True,
-              help="Extra ONNX encoder variants besides fp32 (comma list of fp16, int8; '' for none).")
-@click.option("--parity/--no-parity", default=True, show_default=True,
-              help="Score reference and bundle on real recordings and record their agreement.")
-@click.option("--parity-manifest", type=click.Path(dir_okay=False), help="Extra recordings (manifest CSV) for parity.")
+@click.option("--backend", type=click.Choice(["torch-bnb", "onnx"]), default="torch-bnb", show_default=True,
+              help="torch-bnb: bitsandbytes LLM (GPU/CPU); onnx: whole model in ONNX Runtime, no torch needed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--calibration", type=click.Path(dir_okay=False),
               help="Calibration manifest: adds a static int8 encoder variant (activation ranges from real audio) "
                    "and is the data of --max-drift.")
@@ -190,16 +194,17 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
                    "cores, ~85 steps).")
 @click.option("--static-int8/--no-static-int8", default=True, show_default=True,
               help="With --calibration: also build the static int8 encoder variant (minutes: ORT's QDQ pass).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
-@click.option("--backend", type=click.Choice(["torch-bnb", "onnx"]), default="torch-bnb", show_default=True,
-              help="torch-bnb: bitsandbytes LLM (GPU/CPU); onnx: whole model in ONNX Runtime, no torch needed.")
+@click.option("--double-quant", is_flag=True, help="4-bit: also quantize the quantization constants.")
+@click.option("--no-embedding-quant", is_flag=True, help="Keep the token-embedding table in float32.")
+@click.option("--encoder-variants", default="fp16,int8", show_default=True,
+              help="Extra ONNX encoder variants besides fp32 (comma list of fp16, int8; '' for none).")
 @click.option("--block-size", type=click.Choice(["32", "128"]), default="32", show_default=True,
               help="--backend onnx: MatMulNBits block size.")
+@click.option("--parity/--no-parity", default=True, show_default=True,
+              help="Score reference and bundle on real recordings and record their agreement.")
+@click.option("--parity-manifest", type=click.Path(dir_okay=False), help="Extra recordings (manifest CSV) for parity.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the parity check runs.")
-@click.option("--task", "task", help="Task the bundle screens for (default: the checkpoint's own).")
-@click.option("--threshold", type=float, help="Decision threshold stored in the bundle (default: the checkpoint's).")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @friendly_errors
 def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encoder_variants, parity, parity_manifest,
            calibration, max_drift, calibration_size, static_int8, out, backend, block_size, device, task,
@@ -260,21 +265,20 @@ def devices(as_json) -> None:
 
 
 @main.command()
-@model_options
-@click.option("--bundle", type=click.Path(file_okay=False), help="Exported bundle folder.")
 @click.option("--input-device", "input_device", help="Input device name or index (see `respi-edge devices`).")
-@task_options
-@dms_options
-@click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between windows.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds of audio.")
-@click.option("--jsonl", type=click.Path(dir_okay=False), help="Append one JSON line per window to this file.")
-@click.option("--json", "echo_json", is_flag=True, help="Print the JSON lines instead of the live view.")
 @click.option("--file", "file", type=click.Path(dir_okay=False), help="Replay a recording through the live path.")
 @click.option("--realtime/--fast", default=True, show_default=True, help="With --file: at real-time pace or not.")
-@click.option("--save-audio", type=click.Path(file_okay=False), help="Keep the captured audio here (off by default).")
-@click.option("--threshold", type=float, default=None, help="Decision threshold (default: the model's).")
+@click.option("--hop", type=float, default=2.0, show_default=True, help="Seconds between windows.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds of audio.")
+@DMS_OPTIONS
+@TASK_OPTIONS
+@MODEL_OPTIONS
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Compute device for a bundle (GPU when present).")
+@click.option("--json", "echo_json", is_flag=True, help="Print the JSON lines instead of the live view.")
+@click.option("--jsonl", type=click.Path(dir_okay=False), help="Append one JSON line per window to this file.")
+@click.option("--save-audio", type=click.Path(file_okay=False), help="Keep the captured audio here (off by default).")
+@EXPERT_MODEL_OPTIONS
 @click.option("--slow-inference", type=float, default=0.0, hidden=True)
 @friendly_errors
 def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, task, prompt, hop, duration, jsonl,
@@ -284,19 +288,14 @@ def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, 
     from .stream import StreamConfig, screen as run_screen
 
     dms = dms_kwargs(kw)
-    if bundle:
-        from .bundle import load_bundle
-
-        model = load_bundle(bundle, device=device)
-    else:
-        model = api.load_model(checkpoint, llm, merge_lora=merge_lora, d_ff=d_ff, llm_lora_alpha=lora_alpha)
+    model = load_from_options(checkpoint, bundle, llm, merge_lora, d_ff, lora_alpha, device=device)
     session = api.Session(model, task, prompt, threshold=threshold, **dms)
     session.prefix  # prompt + DMS keys/values once, before capture starts
-    click.echo(f"compute: {getattr(model, 'device_name', 'cpu')}; task {session.task.id}; "
-               f"{DISCLAIMER_SHORT}", err=True)
+    click.echo(f"compute: {model.device}; task {session.task.id}; {DISCLAIMER_SHORT}", err=True)
     cfg = StreamConfig(hop=hop, duration=duration, slow_inference=slow_inference)
+    live = sys.stdout.isatty() and not echo_json  # the live view only on a terminal, never around JSON lines
     summary = run_screen(session, device=input_device, file=file, realtime=realtime, jsonl=jsonl, cfg=cfg,
-                         echo_json=echo_json, save_audio=save_audio)
+                         echo_json=echo_json, save_audio=save_audio, live=live)
     if not echo_json:
         click.echo(f"summary: {summary['windows']} windows, {summary['scored']} scored, {summary['rejected']} "
                    f"rejected, {summary['skipped']} skipped, {summary['overflows']} overflows, "
@@ -306,11 +305,11 @@ def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, 
 # ---- commands of bench/ and calibration/ (issue 6) ----
 
 @main.command()
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Calibration manifest CSV.")
+@click.option("--task", "task", help="Task id (default: the bundle's).")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--target-sensitivity", type=float, default=None,
               help="Pick the highest threshold reaching this sensitivity (default: Youden's J).")
-@click.option("--task", "task", help="Task id (default: the bundle's).")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def calibrate(bundle_dir, data, target_sensitivity, task, as_json) -> None:
@@ -338,6 +337,8 @@ def bench() -> None:
 
 
 @bench.command("latency")
+@click.option("--audio", "audio_file", type=click.Path(dir_okay=False), help="Recording to time (default: a shipped "
+              "SPRSound parity recording).")
 @click.option("--bundle", "bundles", multiple=True, type=click.Path(file_okay=False), help="Bundle(s) to time.")
 @click.option("--reference", is_flag=True, help="Also time the full-precision model (--checkpoint or built-in).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint for --reference.")
@@ -348,15 +349,13 @@ def bench() -> None:
               help="For --synthetic (repeatable; default 4 8 16).")
 @click.option("--quant", type=click.Choice(["nf4", "fp4"]), default=None, help="For --synthetic 4-bit (default nf4).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write OUT.json and OUT.md.")
+@click.option("--json", "as_json", is_flag=True)
 @click.option("--repeat", type=int, default=20, show_default=True)
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads of a bundle (default: all cores).")
-@click.option("--audio", "audio_file", type=click.Path(dir_okay=False), help="Recording to time (default: a shipped "
-              "SPRSound parity recording).")
 @click.option("--isolate/--in-process", default=True, show_default=True,
               help="Each target in a fresh process (own cold start and peak RSS).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write OUT.json and OUT.md.")
-@click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device, repeat, warmup, threads, audio_file,
                   isolate, out, as_json) -> None:
@@ -396,23 +395,23 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device
 
 
 @main.command()
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Manifest CSV (path,label,patient,...).")
+@click.option("--task", "task", help="Task id (default: the bundle's).")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False), help="Bundle to verify.")
 @click.option("--reference", type=click.Path(), help="Reference checkpoint or bundle (default: the built-in model "
               "in full precision).")
 @click.option("--llm", help="Base LLM of the reference checkpoint.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Manifest CSV (path,label,patient,...).")
-@click.option("--task", "task", help="Task id (default: the bundle's).")
-@click.option("--budget", type=float, default=None, help="Largest AUROC drop allowed; exit 1 beyond it.")
-@click.option("--bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
 @click.option("--encoder-variant", help="Encoder ONNX variant of the bundle to use (fp32, fp16, int8, int8-static).")
+@click.option("--budget", type=float, default=None, help="Largest AUROC drop allowed; exit 1 beyond it.")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: verify-<bundle>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
 @friendly_errors
 def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_variant, out, as_json) -> None:
     """AUROC drift of a bundle against the full-precision model, with patient-grouped confidence intervals."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from respi_edge.bench.verify import markdown, verify as run_verify
+    from .evaluate import markdown, verify as run_verify
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), transient=True, disable=as_json) as progress:
@@ -442,13 +441,13 @@ def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_va
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
               help="Recipe YAML (configs/recipes/NAME.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--llm", help="Base LLM folder or hub id (default: the recipe's).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--official/--no-official", default=False,
               help="Also write the official RespLLM checkpoint (whole model, torch.save) as official.pt.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), help="Encoder token cache folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @friendly_errors
 def train(config, overrides, out, llm, official, cache_dir, as_json) -> None:
     """RespLLM instruction tuning: projector, LLM LoRA and head on cached encoder tokens."""

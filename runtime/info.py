@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# the one wording of the disclaimer: full sentence in records, short form beside printed results
+DISCLAIMER = "Screening aid, not a diagnosis: confirm every result clinically."
+DISCLAIMER_SHORT = "screening aid, not a diagnosis"
+
 
 @dataclass
 class ModelInfo:

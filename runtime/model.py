@@ -11,6 +11,7 @@ for every window (`score`); `forward` is the plain full pass the reference does.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import contract
 from .checkpoint import HParams
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelError
 from .info import ModelInfo  # noqa: F401  (re-exported)
 from .lora import LoraPair
 
@@ -46,15 +47,12 @@ class FlattenHead(nn.Module):
         return self.linear(h.flatten(1))
 
 
-class RespLLM(nn.Module):
-    def __init__(self, encoder: nn.Module, aligner: nn.Linear, llm: nn.Module, head: FlattenHead,
-                 tokenizer, hparams: HParams, info: ModelInfo):
-        super().__init__()
-        self.encoder, self.aligner, self.llm, self.head = encoder, aligner, llm, head
-        self.tokenizer = tokenizer
-        self.hparams = hparams
-        self.info = info
-        self.eval()
+class PrefixScorer:
+    """Text, prefix reuse, LLM and head: the part RespLLM shares with the torch bundle backend.
+
+    Needs `llm` (a transformers base model), `head` (FlattenHead), `tokenizer`, `hparams`, `device` and
+    `embed_audio`. Prefix reuse passes a transformers `DynamicCache` as `cache=` (transformers 5.25+; the
+    `past_key_values` name is deprecated and removed in 5.40)."""
 
     # -- text ------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> torch.Tensor:
@@ -66,7 +64,69 @@ class RespLLM(nn.Module):
         return torch.tensor([list(ids)], dtype=torch.long)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.llm.get_input_embeddings()(ids)
+        return self.llm.get_input_embeddings()(ids.to(self.device))
+
+    # -- LLM + head ------------------------------------------------------------------------------
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head on LLM hidden states (B, T, d_llm): last 64 positions, first d_ff features -> logits (B, n_cls)."""
+        hp = self.hparams
+        h = hidden[:, -hp.patch_nums:, : hp.d_ff].permute(0, 2, 1)  # (B, d_ff, 64), index f*64 + t
+        return self.head(h.to(self.head.linear.weight.dtype)).float()
+
+    @torch.inference_mode()
+    def forward(self, spec: torch.Tensor, prompt_ids: torch.Tensor, dms_ids: torch.Tensor) -> torch.Tensor:
+        """The reference forward for one sample (or B samples sharing prompt and DMS): logits (B, n_cls)."""
+        audio = self.embed_audio(spec)
+        return self.forward_embeds(audio, prompt_ids, dms_ids)
+
+    @torch.inference_mode()
+    def forward_embeds(self, audio: torch.Tensor, prompt_ids: torch.Tensor, dms_ids: torch.Tensor) -> torch.Tensor:
+        """The full pass (no prefix cache) on precomputed audio embeddings (B, 64, d_llm)."""
+        b = audio.shape[0]
+        text = torch.cat([self.embed_tokens(prompt_ids), self.embed_tokens(dms_ids)], dim=1)
+        x = torch.cat([text.expand(b, -1, -1).to(audio.dtype), audio], dim=1)
+        out = self.llm(inputs_embeds=x, use_cache=False)
+        return self.head_logits(out.last_hidden_state)
+
+    @torch.inference_mode()
+    def prefix(self, prompt_ids: torch.Tensor, dms_ids: torch.Tensor) -> PrefixState:
+        """Run [prompt][DMS] once and keep its keys/values."""
+        emb = torch.cat([self.embed_tokens(prompt_ids), self.embed_tokens(dms_ids)], dim=1)
+        if emb.shape[1] == 0:
+            return PrefixState(0, None, emb)
+        out = self.llm(inputs_embeds=emb, use_cache=True)
+        return PrefixState(emb.shape[1], out.cache, emb)
+
+    @torch.inference_mode()
+    def score(self, prefix: PrefixState, audio_emb: torch.Tensor) -> torch.Tensor:
+        """Logits for one window's audio embeddings (1, 64, d_llm) on top of a cached prefix."""
+        if prefix.cache is None:
+            out = self.llm(inputs_embeds=audio_emb, use_cache=False)
+            return self.head_logits(out.last_hidden_state)
+        try:
+            out = self.llm(inputs_embeds=audio_emb.to(prefix.embeds.dtype), cache=prefix.cache, use_cache=True)
+        finally:
+            rewind(prefix.cache, prefix.length)  # the cache grows in place: cut it back for the next window
+        return self.head_logits(out.last_hidden_state)
+
+    @torch.inference_mode()
+    def logits(self, spec: torch.Tensor, prompt: str, dms: str) -> torch.Tensor:
+        return self.forward(spec, self.tokenize(prompt), self.tokenize(dms))
+
+
+class RespLLM(PrefixScorer, nn.Module):
+    def __init__(self, encoder: nn.Module, aligner: nn.Linear, llm: nn.Module, head: FlattenHead,
+                 tokenizer, hparams: HParams, info: ModelInfo):
+        super().__init__()
+        self.encoder, self.aligner, self.llm, self.head = encoder, aligner, llm, head
+        self.tokenizer = tokenizer
+        self.hparams = hparams
+        self.info = info
+        self.eval()
+
+    @property
+    def device(self) -> str:
+        return self.head.linear.weight.device.type
 
     # -- audio -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -84,53 +144,16 @@ class RespLLM(nn.Module):
             spec = spec[None]
         return self.aligner(self.audio_tokens(spec).to(self.aligner.weight.dtype))
 
-    # -- LLM + head ------------------------------------------------------------------------------
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        hp = self.hparams
-        h = hidden[:, -hp.patch_nums:, : hp.d_ff].permute(0, 2, 1)  # (B, d_ff, 64), index f*64 + t
-        return self.head(h.to(self.head.linear.weight.dtype)).float()
 
-    @torch.inference_mode()
-    def forward(self, spec: torch.Tensor, prompt_ids: torch.Tensor, dms_ids: torch.Tensor) -> torch.Tensor:
-        """The reference forward for one sample (or B samples sharing prompt and DMS): logits (B, n_cls)."""
-        audio = self.embed_audio(spec)
-        b = audio.shape[0]
-        text = torch.cat([self.embed_tokens(prompt_ids), self.embed_tokens(dms_ids)], dim=1)
-        x = torch.cat([text.expand(b, -1, -1).to(audio.dtype), audio], dim=1)
-        out = self.llm(inputs_embeds=x, use_cache=False)
-        return self._head(out.last_hidden_state)
-
-    @torch.inference_mode()
-    def prefix(self, prompt_ids: torch.Tensor, dms_ids: torch.Tensor) -> PrefixState:
-        """Run [prompt][DMS] once and keep its keys/values."""
-        emb = torch.cat([self.embed_tokens(prompt_ids), self.embed_tokens(dms_ids)], dim=1)
-        if emb.shape[1] == 0:
-            return PrefixState(0, None, emb)
-        out = self.llm(inputs_embeds=emb, use_cache=True)
-        return PrefixState(emb.shape[1], out.past_key_values, emb)
-
-    @torch.inference_mode()
-    def score(self, prefix: PrefixState, audio_emb: torch.Tensor) -> torch.Tensor:
-        """Logits for one window's audio embeddings (1, 64, d_llm) on top of a cached prefix."""
-        if prefix.cache is None:
-            out = self.llm(inputs_embeds=audio_emb, use_cache=False)
-            return self._head(out.last_hidden_state)
-        try:
-            out = self.llm(inputs_embeds=audio_emb.to(prefix.embeds.dtype), past_key_values=prefix.cache,
-                           use_cache=True)
-        finally:
-            _rewind(prefix.cache, prefix.length)  # the cache grows in place: cut it back for the next window
-        return self._head(out.last_hidden_state)
-
-    @torch.inference_mode()
-    def logits(self, spec: torch.Tensor, prompt: str, dms: str) -> torch.Tensor:
-        return self.forward(spec, self.tokenize(prompt), self.tokenize(dms))
-
-
-def _rewind(cache, length: int) -> None:
+def rewind(cache, length: int) -> None:
     """Cut every layer of a transformers DynamicCache back to `length` tokens (layer by layer, so a forward
-    that failed half-way through the layers is undone too)."""
-    for layer in getattr(cache, "layers", []):
+    that failed half-way through the layers is undone too). A cache without per-layer `keys` / `crop` is an
+    untested transformers cache API: fail loudly rather than reuse a grown cache silently."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ModelError(f"{type(cache).__name__} has no .layers: this transformers version changed the cache "
+                         f"API respi-edge is tested with (pyproject.toml pins it); install the pinned version")
+    for layer in layers:
         keys = getattr(layer, "keys", None)
         if keys is not None and keys.shape[-2] > length:
             layer.crop(length - keys.shape[-2])
@@ -180,7 +203,9 @@ def apply_lora(llm: nn.Module, loras: Mapping[str, LoraPair], hp: HParams) -> nn
     targets = sorted({m.rsplit(".", 1)[-1] for m in loras})
     cfg = LoraConfig(r=hp.llm_lora_r, lora_alpha=hp.llm_lora_alpha, lora_dropout=contract.LLM_LORA_DROPOUT,
                      target_modules=targets)
-    peft_model = get_peft_model(llm, cfg)
+    with warnings.catch_warnings():  # peft probes transformers' deprecated `is_gradient_checkpointing`: upstream's
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(llm, cfg)
     wrapped = {n for n, m in peft_model.base_model.model.named_modules() if hasattr(m, "lora_A")}
     if wrapped != set(loras):
         raise CheckpointError(f"LoRA targets differ from the checkpoint's: {sorted(wrapped ^ set(loras))[:4]}")

@@ -114,3 +114,36 @@ def test_quantized_llm_with_trap_shapes_loads_and_runs(tmp_path):
         with pytest.raises((AssertionError, RuntimeError)):
             with torch.inference_mode():
                 q(inputs_embeds=x)
+
+
+def test_a_link_leading_out_of_the_bundle_is_refused(tmp_path):
+    """A listed file that is a symlink to a file outside the folder, even with the right bytes, fails verify, and
+    the resolver refuses it (and any name the manifest does not list)."""
+    from respi_edge.runtime.bundle import open_bundle
+
+    b = _bundle(tmp_path / "b")
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"head")
+    (b / "head.safetensors").unlink()
+    (b / "head.safetensors").symlink_to(outside)
+    man, v = verify(b)
+    assert not v.ok and any("link leading out" in p for p in v.problems)
+    bundle = open_bundle(b, verify_hashes=False, manifest={**man, "encoder": {"default": "fp32", "variants": {}},
+                                                           "hparams": {"d_llm": 8}, "quantization": {},
+                                                           "llm": {"dir": "llm"}, "head": "head.safetensors"})
+    with pytest.raises(BundleError, match="link leading out"):
+        bundle.file("head.safetensors")
+    for name in ("config.json", "../outside.safetensors", "/etc/hostname"):
+        with pytest.raises(BundleError, match="not one of the bundle's hashed files"):
+            bundle.file(name)
+    assert bundle.folder("llm") == b / "llm"
+
+
+def test_calibration_rewrites_only_the_manifest_and_stays_verified(tmp_path):
+    b = _bundle(tmp_path / "b")
+    man, _ = verify(b)
+    files = dict(man["files"])
+    write_manifest(b, {**man, "threshold": 0.3}, files=man["files"])
+    again, v = verify(b)
+    assert v.ok and again["threshold"] == 0.3 and again["files"] == files
+    assert not [p.name for p in b.iterdir() if "tmp" in p.name]  # the atomic writes left nothing behind

@@ -72,3 +72,15 @@ def test_tasks_lists_the_catalogue():
     assert r.exit_code == 0
     ids = [t["id"] for t in json.loads(r.stdout)]
     assert {"S1", "S7", "T6", "sprsound_normal_vs_adventitious"} <= set(ids) and len(ids) >= 14
+
+
+@pytest.mark.parametrize("command", [["predict"], ["screen"]])
+def test_help_lists_options_as_a_user_needs_them(command):
+    """Input, patient (DMS), task, model/bundle, output, then the expert options."""
+    text = CliRunner().invoke(main, [*command, "--help"]).output
+    order = ["--gender", "--dms", "--task", "--threshold", "--bundle", "--checkpoint", "--llm", "--json",
+             "--merge-lora", "--d-ff", "--lora-alpha"]
+    if command == ["screen"]:
+        order = ["--input-device", "--file", "--hop", *order]
+    pos = [text.index(f"  {o}") for o in order]
+    assert pos == sorted(pos), text

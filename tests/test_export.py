@@ -83,6 +83,30 @@ def test_bundle_scores_golden_cases_like_the_core(bundles, bits, tol):
     assert worst < tol
 
 
+def test_api_load_takes_a_bundle_or_a_checkpoint_and_refuses_a_mismatch(bundles, tiny):
+    """One entry for every source; each result satisfies the one Backend protocol; wrong combinations are named
+    errors, not silent fallbacks."""
+    from respi_edge.runtime import api
+    from respi_edge.runtime.backends import Backend
+    from respi_edge.runtime.errors import ModelError
+    from respi_edge.runtime.model import RespLLM
+
+    b = api.load(bundles[16], device="cpu", encoder_variant="fp16")
+    assert isinstance(b, Backend) and b.device == "cpu" and "encoder ONNX fp16" in b.info.caveats[-1]
+    assert api.Session(b, "S7").score_spec(np.load(shared_path("golden", "respllm_tiny", "expected.npz"))
+                                           ["c2_S7_full/spec"]).threshold == b.info.threshold
+    ck = api.load(str(tiny[0]), llm=str(tiny[1]))
+    assert isinstance(ck, RespLLM) and isinstance(ck, Backend) and ck.device == "cpu"
+    with pytest.raises(ModelError, match="torch-bnb bundle; engine onnx"):
+        api.load(bundles[16], engine="onnx")
+    with pytest.raises(ModelError, match="apply to checkpoints"):
+        api.load(bundles[16], llm=str(tiny[1]))
+    with pytest.raises(ModelError, match="runs exported bundles"):
+        api.load(str(tiny[0]), llm=str(tiny[1]), engine="onnx")
+    with pytest.raises(BundleError, match="encoder variant 'int8-static' not in this bundle"):
+        api.load(bundles[8], encoder_variant="int8-static")
+
+
 def _flip(path, offset):
     with open(path, "r+b") as f:
         f.seek(offset)

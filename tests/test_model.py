@@ -140,3 +140,62 @@ def test_checkpoint_is_memory_mapped(tiny_ckpt):
     regions = [ln.split() for ln in open("/proc/self/maps") if ln.rstrip().endswith(str(tiny_ckpt))]
     assert regions, "the checkpoint file is not mapped"
     assert any(int(r[0].split("-")[0], 16) <= ptr < int(r[0].split("-")[1], 16) for r in regions)
+
+
+def _transformers_pin() -> str:
+    import tomllib
+
+    from conftest import ROOT
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["torch"]
+    return next(d for d in deps if d.startswith("transformers"))
+
+
+def test_installed_transformers_is_the_tested_cache_api():
+    """Prefix reuse depends on transformers' cache API (`cache=`, `output.cache`, DynamicCache layers with
+    keys/crop); it changed within 5.x (past_key_values deprecated in 5.25, removed in 5.40). Another version
+    must fail here loudly, not make prefix reuse silently wrong."""
+    import inspect
+
+    import transformers
+    from packaging.requirements import Requirement
+    from transformers import DynamicCache, LlamaConfig, LlamaModel
+
+    pin = Requirement(_transformers_pin())
+    assert pin.specifier.contains(transformers.__version__), (
+        f"transformers {transformers.__version__} is not the version respi-edge's prefix reuse is tested with "
+        f"({pin}); run tests/test_model.py with it and widen the pin in pyproject.toml")
+    assert "cache" in inspect.signature(LlamaModel.forward).parameters
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=32)
+    with torch.inference_mode():
+        out = LlamaModel(cfg).eval()(inputs_embeds=torch.randn(1, 5, 16), use_cache=True)
+    assert isinstance(out.cache, DynamicCache) and len(out.cache.layers) == 2
+    assert all(layer.keys.shape[-2] == 5 and callable(layer.crop) for layer in out.cache.layers)
+
+
+def test_prefix_reuse_raises_no_deprecation_warning(model, tiny_manifest, expected, caplog):
+    """The cache is passed the way the installed transformers wants it: no warning (Python or transformers'
+    logger), and the answer is still the full forward's."""
+    import logging
+    import warnings
+
+    c = _case(tiny_manifest, "c2_S7_full")
+    spec = torch.from_numpy(expected["c2_S7_full/spec"])
+    p, d = model.tokenize(c["prompt"]), model.tokenize(c["dms"])
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
+        pre = model.prefix(p, d)
+        cached = model.score(pre, model.embed_audio(spec))
+        full = model.forward(spec, p, d)
+    assert not [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]
+    assert (cached - full).abs().max().item() <= 1e-5
+    assert pre.cache.get_seq_length() == pre.length  # cut back after the window
+
+
+def test_a_cache_without_layers_fails_loudly():
+    from respi_edge.runtime.errors import ModelError
+    from respi_edge.runtime.model import rewind
+
+    with pytest.raises(ModelError, match="cache API"):
+        rewind(object(), 3)

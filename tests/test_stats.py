@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from respi_edge.bench import stats
+from respi_edge.runtime import stats
 
 
 def test_delong_hand_computed_example():

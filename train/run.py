@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from respi_edge.bench.stats import auroc_ci, sens_spec, youden_threshold
+from respi_edge.runtime.stats import auroc_ci, sens_spec, youden_threshold
 from respi_edge.runtime.builtin import encoder_init
 
 from .recipe import Recipe, load_recipe

@@ -40,6 +40,15 @@ class Int8Embedding(nn.Module):
         return (rows * scale).to(self.dtype)
 
 
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLM.int8's row-wise quantization of a weight: (int8 rows, SCB scales), the bytes an 8-bit bundle stores.
+
+    The exporter writes these and the drift meter builds its 8-bit layers from them: one function, bit-exact."""
+    bnb, *_ = _bnb()
+    cb, scb, _ = bnb.functional.int8_vectorwise_quant(w.to(torch.float16).contiguous())
+    return cb.contiguous(), scb.contiguous()
+
+
 def int8_linear(cb: torch.Tensor, scb: torch.Tensor) -> nn.Module:
     """A bundle's 8-bit layer: LLM.int8 without outlier columns (threshold 0), so activations are int8 too."""
     _, _, Int8Params, _, Linear8bitLt, _ = _bnb()

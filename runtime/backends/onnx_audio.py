@@ -36,6 +36,12 @@ def session(path: str | os.PathLike, device: str = "auto", threads: int | None =
     return o.InferenceSession(str(path), sess_options=so, providers=providers(device))
 
 
+def as_float32(x) -> np.ndarray:
+    """A spectrogram from either kind of caller (torch tensor or numpy array) as float32 numpy."""
+    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return a.astype(np.float32, copy=False)
+
+
 class OnnxAudio:
     """spec (B, 256, 64) float32 → audio embeddings (B, 64, d_llm) float32."""
 
@@ -47,8 +53,8 @@ class OnnxAudio:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def embed(self, spec: np.ndarray) -> np.ndarray:
-        spec = np.asarray(spec, dtype=np.float32)
+    def embed(self, spec) -> np.ndarray:
+        spec = as_float32(spec)
         if spec.ndim == 2:
             spec = spec[None]
         return self.session.run(None, {self.input: spec})[0].astype(np.float32, copy=False)

@@ -1,5 +1,6 @@
 """Bundle backend 'torch-bnb': ONNX Runtime for the encoder + projector, transformers (+ bitsandbytes for 4/8-bit)
-for the LLM trunk, torch for the head. Same interface as RespLLM, so Session/predict/screen/verify run on it."""
+for the LLM trunk, torch for the head. The text, prefix and head code is RespLLM's own (`model.PrefixScorer`), so
+Session/predict/screen/verify run on it unchanged."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import HParams
 from ..errors import BundleError
+from ..hparams import HParams
+from ..info import ModelInfo
 from ..llm import BaseLLM, load_tokenizer
-from ..model import FlattenHead, ModelInfo, RespLLM
+from ..model import FlattenHead, PrefixScorer
 from .onnx_audio import OnnxAudio
 
 
@@ -47,46 +49,26 @@ def load_llm(llm_dir: Path, quant: dict, device: str = "cpu") -> nn.Module:
     return llm.to(device) if device != "cpu" else llm
 
 
-class TorchBundleModel(RespLLM):
-    def __init__(self, root: Path, man: dict, *, device: str = "auto", encoder_variant: str | None = None,
-                 threads: int | None = None):
+class TorchBundleModel(PrefixScorer):
+    """A `Backend` over a torch-bnb bundle's files (paths given by runtime/bundle.py)."""
+
+    def __init__(self, llm_dir: Path, quantization: dict, head: Path, encoder: Path, hparams: HParams,
+                 info: ModelInfo, *, device: str = "auto", threads: int | None = None):
         from safetensors.torch import load_file
 
-        self.device_name = pick_device(device)
-        hp = HParams(**man["hparams"])
-        llm = load_llm(root / man["llm"]["dir"], man["quantization"], self.device_name)
-        head = FlattenHead(hp.d_ff * hp.patch_nums, hp.n_cls)
-        head.linear.load_state_dict(load_file(str(root / man["head"])))
-        caveats = list(man.get("caveats", []))
-        q = man["quantization"]
-        caveats.append(f"quantized bundle: LLM {q['bits']}-bit {q['quant']}"
-                       + (" (double quant)" if q.get("double_quant") else "") + "; encoder ONNX "
-                       + (encoder_variant or man["encoder"]["default"]))
-        info = ModelInfo(name=man.get("name", root.name), untrained=bool(man.get("untrained")), caveats=caveats,
-                         threshold=float(man.get("threshold", 0.5)), task=man.get("task"), source=str(root))
-        tokenizer = load_tokenizer(BaseLLM(root.name, str(root / man["llm"]["dir"])))
-        super().__init__(nn.Identity(), nn.Identity(), llm, head.to(self.device_name), tokenizer, hp, info)
-        variant = encoder_variant or man["encoder"]["default"]
-        files = man["encoder"]["variants"]
-        if variant not in files:
-            raise BundleError(f"encoder variant {variant!r} not in this bundle ({', '.join(files)})")
-        self.audio = OnnxAudio(root / files[variant], "cuda" if self.device_name == "cuda" else "cpu", threads)
-        self.manifest = man
-        self.root = root
-        self._dtype = next(p.dtype for p in llm.parameters() if p.is_floating_point())
-
-    @property
-    def quantization(self) -> dict:
-        return self.manifest["quantization"]
+        self.device = pick_device(device)
+        self.hparams, self.info, self.quantization = hparams, info, quantization
+        self.llm = load_llm(llm_dir, quantization, self.device)
+        self.head = FlattenHead(hparams.d_ff * hparams.patch_nums, hparams.n_cls)
+        self.head.linear.load_state_dict(load_file(str(head)))
+        self.head.to(self.device).eval()
+        self.tokenizer = load_tokenizer(BaseLLM(llm_dir.name, str(llm_dir)))
+        self.audio = OnnxAudio(encoder, "cuda" if self.device == "cuda" else "cpu", threads)
+        self._dtype = next(p.dtype for p in self.llm.parameters() if p.is_floating_point())
 
     @torch.inference_mode()
     def embed_audio(self, spec) -> torch.Tensor:
-        from ..bundle import spec_array
-
-        return torch.from_numpy(self.audio.embed(spec_array(spec))).to(self.device_name, self._dtype)
-
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.llm.get_input_embeddings()(ids.to(self.device_name))
+        return torch.from_numpy(self.audio.embed(spec)).to(self.device, self._dtype)
 
     def describe(self) -> str:
-        return json.dumps({"backend": "torch-bnb", "device": self.device_name, "encoder": self.audio.provider})
+        return json.dumps({"backend": "torch-bnb", "device": self.device, "encoder": self.audio.provider})

@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..info import DISCLAIMER
 from .session import Counters, StreamConfig, run_stream
 from .sources import FileSource, MicSource
 from .view import JsonlSink, render
@@ -31,21 +32,23 @@ class AudioSaver:
 
 
 def screen(session, *, device=None, file: str | None = None, realtime: bool = True, jsonl: str | None = None,
-           cfg: StreamConfig | None = None, live: bool | None = None, echo_json: bool = False,
+           cfg: StreamConfig | None = None, live: bool = False, echo_json: bool = False,
            save_audio: str | None = None, stop: threading.Event | None = None) -> dict:
-    """Screen live audio (or a replayed file) in 8.18-s windows every hop; returns the session summary."""
+    """Screen live audio (or a replayed file) in 8.18-s windows every hop; returns the session summary.
+
+    live: draw the rich live view (the caller decides: the CLI does on a terminal); echo_json: JSON lines to
+    stdout as well as to `jsonl`."""
     cfg = cfg or StreamConfig()
     source = FileSource(file, realtime=realtime) if file else MicSource(device)
     sink = JsonlSink(jsonl, echo=sys.stdout if echo_json else None)
     saver = AudioSaver(save_audio) if save_audio else None
     model = session.model
-    device_info = getattr(model, "device_name", "cpu")
+    device_info = model.device
     title = f"{session.task.id} | {model.info.name} | {device_info}"
     sink({"type": "event", "event": "session_start", "task": session.task.id, "model": model.info.name,
           "untrained": model.info.untrained, "caveats": model.info.caveats, "threshold": session.threshold,
-          "compute": device_info, "hop_s": cfg.hop, "disclaimer": "Screening aid, not a diagnosis.",
+          "compute": device_info, "hop_s": cfg.hop, "disclaimer": DISCLAIMER,
           "wall_time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    live = sys.stdout.isatty() and not echo_json if live is None else live
     t0 = time.monotonic()
     try:
         if live:
@@ -60,7 +63,7 @@ def screen(session, *, device=None, file: str | None = None, realtime: bool = Tr
         if saver:
             saver.close()
     summary = {"type": "summary", "seconds": round(time.monotonic() - t0, 1), **vars(counters),
-               "saved_audio": str(saver.path) if saver else None, "disclaimer": "Screening aid, not a diagnosis."}
+               "saved_audio": str(saver.path) if saver else None, "disclaimer": DISCLAIMER}
     sink(summary)
     sink.close()
     return summary

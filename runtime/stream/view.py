@@ -5,9 +5,8 @@ import json
 import os
 from typing import TextIO
 
+from ..info import DISCLAIMER_SHORT
 from .session import LiveState
-
-DISCLAIMER = "screening aid, not a diagnosis"
 
 
 class JsonlSink:
@@ -58,7 +57,7 @@ def render(state: LiveState, title: str, untrained: bool):
         decision = r.get("decision") or r.get("status")
         t.add_row(str(r["window"]), f"{r['t_start_s']:.1f}–{r['t_end_s']:.1f}", p, decision,
                   ",".join(r.get("flags", [])) or r.get("reason", ""), lat_s)
-    foot = Text(f"\n{DISCLAIMER}" + ("  —  UNTRAINED MODEL: probabilities are meaningless" if untrained else "")
+    foot = Text(f"\n{DISCLAIMER_SHORT}" + ("  —  UNTRAINED MODEL: probabilities are meaningless" if untrained else "")
                 + "  —  Ctrl-C to stop", style="dim")
     for e in state.events:
         foot.append(f"\n{e.get('wall_time', '')} {e.get('event', '')} {e.get('device', '')}", style="yellow")

@@ -1,14 +1,16 @@
-"""`respi-edge verify`: how far a quantized bundle drifts from the full-precision model on a labelled manifest.
+"""Evaluation on a labelled manifest: scoring it (cached, resumable) and `respi-edge verify`, how far a quantized
+bundle drifts from the full-precision model; the statistics themselves are in runtime/stats.py.
 
 In the spirit of llama.cpp's perplexity tool: the reference probabilities are computed once and cached (keyed by
 the reference's and the data's hashes), every variant is compared with them, and distributions are reported,
 not one number. Scores are written one JSON line per recording as they are produced, so a killed run keeps them
 and the next run resumes. Models are loaded only when a recording still needs scoring, so re-rendering a report
-(another budget, more bootstrap resamples) costs no inference.
+(another budget, more bootstrap resamples) costs no inference. `respi-edge calibrate` scores with the same code.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -22,13 +24,13 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock, a shared cache may be scored twice
     fcntl = None
 
-from respi_edge.runtime import api
-from respi_edge.runtime.dms import dms_from_row
-from respi_edge.runtime.errors import AudioError, BundleError
-from respi_edge.runtime.llm import cache_dir
-from respi_edge.runtime.manifest import Manifest, read_manifest
-
-from . import stats
+from . import api, atomic, stats
+from .bundle import files_identity, open_bundle, read_manifest
+from .dms import dms_from_row
+from .errors import AudioError, BundleError
+from .info import DISCLAIMER_SHORT
+from .llm import cache_dir
+from .manifest import Manifest, read_manifest as read_data
 
 CACHE_VERSION = "verify-1"
 
@@ -42,14 +44,8 @@ class Scored:
     error: str | None = None
 
 
-def files_identity(man: dict) -> str:
-    """Hash of a bundle's files (weights, encoder variants, configs) as its manifest lists them: the threshold and
-    its calibration live only in manifest.json, so re-calibrating a bundle keeps its cached scores."""
-    return hashlib.sha256(json.dumps(man["files"], sort_keys=True).encode()).hexdigest()
-
-
 def bundle_identity(bundle_dir: str | os.PathLike) -> str:
-    return files_identity(json.loads((Path(bundle_dir) / "manifest.json").read_text()))
+    return files_identity(read_manifest(bundle_dir, verify_hashes=False))
 
 
 def model_identity(model, source: str | None) -> str:
@@ -175,13 +171,13 @@ def roc_png(ref: list[Scored], new: list[Scored], path: Path, labels: tuple[str,
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("1 − specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC (screening aid, not a diagnosis)", fontsize=9)
+    ax.set_title(f"ROC ({DISCLAIMER_SHORT})", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def markdown(report: dict, ref_name: str, new_name: str) -> str:
@@ -213,17 +209,10 @@ class _Reference:
         self.meta_path = cache_dir() / "verify" / f"reference-{key}.json"
 
     def load(self):
-        if self.reference and Path(self.reference).is_dir():
-            from respi_edge.runtime.bundle import load_bundle
-
-            model = load_bundle(self.reference)
-        else:
-            model = api.load_model(self.reference, self.llm)
+        model = api.load(self.reference, llm=self.llm)
         meta = {"name": model.info.name, "caveats": list(model.info.caveats), "threshold": model.info.threshold}
         self.meta_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, self.meta_path)
+        atomic.write_json(self.meta_path, meta, indent=None)
         return model
 
     def meta(self) -> dict:
@@ -237,15 +226,13 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
            n_boot: int = 2000, on_progress: Callable[[str, int, int], None] | None = None,
            encoder_variant: str | None = None) -> dict:
     """Compare a bundle with its reference on a manifest; returns the report (with `passed`)."""
-    from respi_edge.runtime.bundle import load_bundle, verify as verify_bundle
-
-    manifest = read_manifest(data)
-    man, v = verify_bundle(bundle_dir)
-    if not v.ok:
-        raise BundleError(f"{bundle_dir}: refusing a damaged bundle: {'; '.join(v.problems[:3])}")
-    if encoder_variant and encoder_variant not in man["encoder"]["variants"]:
-        raise BundleError(f"{bundle_dir}: no encoder variant {encoder_variant!r}; it has "
-                          f"{', '.join(man['encoder']['variants'])}")
+    manifest = read_data(data)
+    man = read_manifest(bundle_dir)
+    bundle = open_bundle(bundle_dir, manifest=man)
+    try:
+        variant = bundle.manifest.encoder_variant(encoder_variant)
+    except BundleError as e:
+        raise BundleError(f"{bundle_dir}: {e}") from None
     task = task or man.get("task")
     ref_id = model_identity(None, reference)
     llm_key = f"|llm={llm}" if llm else ""  # a compact checkpoint's numbers depend on its base LLM too
@@ -258,14 +245,14 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
     ref_source = _Reference(reference, llm, key)
     ref = score_manifest(None, manifest, task, ref_jsonl, prog("reference"), loader=ref_source.load)
     new = score_manifest(None, manifest, task, new_jsonl, prog("bundle"),
-                         loader=lambda: load_bundle(bundle_dir, encoder_variant=encoder_variant, manifest=man))
+                         loader=lambda: api.load(bundle_dir, encoder_variant=encoder_variant, verify_hashes=False))
     meta = ref_source.meta()
     threshold = float(man.get("threshold", 0.5))
     report = drift_report(ref, new, threshold, n_boot, meta.get("threshold"))
     report.update({"bundle": str(bundle_dir), "reference": reference or f"built-in {meta['name']} (fp32)",
                    "reference_caveats": meta["caveats"],
                    "data": str(data), "task": task, "quantization": man.get("quantization"),
-                   "backend": man.get("backend"), "encoder_variant": encoder_variant or man["encoder"]["default"],
+                   "backend": man.get("backend"), "encoder_variant": variant,
                    "reference_cache": str(ref_jsonl), "budget": budget})
     drop = report["auroc_reference"]["value"] - report["auroc_bundle"]["value"]
     report["auroc_drop"] = drop
@@ -273,8 +260,6 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
     q = man.get("quantization", {})
     name = f"bundle {q.get('bits')}-bit {q.get('quant')}, encoder {report['encoder_variant']}"
     roc_png(ref, new, outp / "roc.png", ("reference", name))
-    (outp / "report.md").write_text(markdown(report, "reference", name) + "\n")
-    tmp = outp / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, outp / "report.json")
+    atomic.write_text(outp / "report.md", markdown(report, "reference", name) + "\n")
+    atomic.write_json(outp / "report.json", report)
     return report
