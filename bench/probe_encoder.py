@@ -30,7 +30,7 @@ def main() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from respi_edge.bench.stats import auroc_ci
+    from respi_edge.runtime.stats import auroc_ci
     from respi_edge.runtime.builtin import encoder_init, synthetic_encoder_state
     from respi_edge.runtime.encoder import load_encoder
     from respi_edge.runtime.manifest import read_manifest
