@@ -240,7 +240,7 @@ def results_format(out: str | os.PathLike) -> str:
     name = os.fspath(out).lower()
     if name.endswith(".parquet"):
         return "parquet"
-    if name.endswith((".jsonl", ".ndjson", ".json")):
+    if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
     raise ResultsError(f"{out}: unknown results format; name the file *.parquet or *.jsonl")
 
@@ -365,9 +365,13 @@ def score_local(jobs: Sequence[Job], sink: ResultSink, source, task: str | None,
     t0 = time.perf_counter()
     scorer = Scorer(load_source(source), task)
     load_s = time.perf_counter() - t0
+    busy = 0.0
     for b in batches(jobs):
-        on_batch(sink.write(scorer.score(b)))
-    return {"workers": 1, "model_load_s": load_s}
+        t1 = time.perf_counter()
+        recs = scorer.score(b)
+        busy += time.perf_counter() - t1
+        on_batch(sink.write(recs))
+    return {"workers": 1, "model_load_s": load_s, "worker_recordings_per_s": len(jobs) / busy if busy > 0 else None}
 
 
 def score_cohort(manifest: str | os.PathLike, out: str | os.PathLike, *, source: str | os.PathLike | None = None,

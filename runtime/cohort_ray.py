@@ -21,6 +21,7 @@ from .cohort import BATCH_ROWS, Job, ResultSink, Scorer, arrow_schema, job_dicts
 from .errors import DependencyError, ResultsError
 
 WORKER_CPUS = 1  # one model per worker; the front end and a CPU model use this core
+STAT_PID, STAT_BUSY, STAT_LOAD = "_worker_pid", "_worker_s", "_worker_load_s"  # columns beside the records
 
 
 def _ray():
@@ -44,8 +45,13 @@ class CohortWorker:
     def __call__(self, batch):
         import pyarrow as pa
 
+        t0 = time.perf_counter()
         jobs = [job_from_dict(d) for d in batch.to_pylist()]
-        return pa.Table.from_pylist(self.scorer.score(jobs), schema=arrow_schema())
+        table = pa.Table.from_pylist(self.scorer.score(jobs), schema=arrow_schema())
+        n = table.num_rows  # per-worker figures for the summary; the sink keeps only the record fields
+        return (table.append_column(STAT_PID, pa.array([self.pid] * n, pa.int64()))
+                .append_column(STAT_BUSY, pa.array([(time.perf_counter() - t0) / n] * n, pa.float64()))
+                .append_column(STAT_LOAD, pa.array([self.load_s] * n, pa.float64())))
 
 
 def default_workers(ray, gpus_per_worker: float) -> int:
@@ -87,9 +93,16 @@ def score_ray(jobs: Sequence[Job], sink: ResultSink, source, task: str | None, o
                                 compute=ActorPoolStrategy(size=n), fn_constructor_kwargs={"source": source,
                                                                                           "task": task},
                                 num_cpus=WORKER_CPUS, num_gpus=gpus_per_worker or None)
+        stats: dict[int, dict] = {}
         try:
             for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                on_batch(sink.write(batch.to_pylist()))
+                recs = batch.to_pylist()
+                on_batch(sink.write(recs))
+                for r in recs:
+                    st = stats.setdefault(r[STAT_PID], {"pid": r[STAT_PID], "rows": 0, "busy_s": 0.0,
+                                                        "model_load_s": r[STAT_LOAD]})
+                    st["rows"] += 1
+                    st["busy_s"] += r[STAT_BUSY]
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ResultsError(f"the Ray run failed ({first}); rows written so far are kept: run again to "
@@ -97,4 +110,14 @@ def score_ray(jobs: Sequence[Job], sink: ResultSink, source, task: str | None, o
     finally:
         if started:
             ray.shutdown()
-    return {"workers": n, "gpus_per_worker": gpus_per_worker, "address": address}
+    return {"workers": n, "gpus_per_worker": gpus_per_worker, "address": address, **worker_summary(stats)}
+
+
+def worker_summary(stats: dict[int, dict]) -> dict:
+    """Per-worker rate (rows over time spent scoring them) and model load times: what a multi-node plan needs.
+    A worker killed and restarted appears twice (new pid); a retried batch counts where it was delivered."""
+    busy = sum(s["busy_s"] for s in stats.values())
+    rows = sum(s["rows"] for s in stats.values())
+    return {"worker_recordings_per_s": rows / busy if busy > 0 else None,
+            "model_load_s": max((s["model_load_s"] for s in stats.values()), default=None),
+            "worker_stats": sorted(stats.values(), key=lambda s: s["pid"])}

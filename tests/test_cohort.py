@@ -129,6 +129,7 @@ def test_ray_engine_equals_local(ray_cluster, local, manifest, tmp_path):
     out = tmp_path / "scores.jsonl"
     s = score_cohort(manifest, out, engine="ray", workers=1)
     assert s["scored"] == N_GOOD + 1 and s["errors"] == 1 and s["workers"] == 1
+    assert len(s["worker_stats"]) == 1 and s["worker_stats"][0]["rows"] == N_GOOD + 1
     assert_same_scores(keyed(out), local)
 
 
