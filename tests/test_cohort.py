@@ -134,17 +134,19 @@ def test_ray_engine_equals_local(ray_cluster, local, manifest, tmp_path):
 
 
 def _worker_pids() -> list[int]:
-    """Our Ray cluster's cohort actors: processes started by this test process (never anyone else's)."""
+    """Our Ray cluster's cohort actors, busy ones first (Ray titles an actor running a batch "...submit"):
+    processes started by this test process, never anyone else's."""
     import psutil
 
     pids = []
     for p in psutil.Process().children(recursive=True):
         try:
-            if "CohortWorker" in " ".join(p.cmdline()):
-                pids.append(p.pid)
+            title = " ".join(p.cmdline())
         except psutil.Error:
             continue
-    return pids
+        if "CohortWorker" in title:
+            pids.append((not title.endswith(".submit"), p.pid))
+    return [pid for _, pid in sorted(pids)]
 
 
 def test_ray_worker_killed_mid_run_loses_and_duplicates_nothing(ray_cluster, local, manifest, tmp_path):
@@ -155,13 +157,15 @@ def test_ray_worker_killed_mid_run_loses_and_duplicates_nothing(ray_cluster, loc
             pids = _worker_pids()
             assert pids, "no cohort worker process found"
             os.kill(pids[0], signal.SIGKILL)
-            killed.append((pids[0], total - done))
+            killed.append((pids[0], total - done, pids))
 
     out = tmp_path / "scores.jsonl"
     s = score_cohort(manifest, out, engine="ray", workers=2, progress=progress)
     assert s["workers"] == 2
     assert killed and killed[0][1] > 0, "the worker was not killed mid-run"
     assert killed[0][0] not in _worker_pids()
+    restarted = {w["pid"] for w in s["worker_stats"]} - set(killed[0][2])
+    assert restarted, "no restarted worker delivered rows"  # the killed worker's batches were redone elsewhere
     assert s["scored"] == N_GOOD + 1
     assert_same_scores(keyed(out), local)
 
