@@ -384,6 +384,7 @@ def score_cohort(manifest: str | os.PathLike, out: str | os.PathLike, *, source:
     GPUs each. `progress(done, total)` is called as rows are written. Returns a summary dict."""
     if engine not in ENGINES:
         raise ResultsError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    results_format(out)  # a bad --out fails before any hashing or loading
     t0 = time.perf_counter()
     man = read_manifest(manifest, require_both_classes=False)
     model_id = source_identity(source)
