@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from respi_edge.runtime.load import assemble, base_llm_weights, encoder_from_che
 
 from .llm_writer import merged_tensors, write_llm
 from .onnx_encoder import export_fp16, export_fp32, export_int8
+from .partials import make_partial, remove_stale_partials
 from .quantize import QuantScheme
 
 VERSIONED = ("respi-edge", "torch", "transformers", "peft", "bitsandbytes", "onnx", "onnxruntime", "numpy", "soxr",
@@ -233,6 +233,11 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} exists and is not an empty folder: choose another --out or remove it first")
+    stale = remove_stale_partials(out)  # work folders of killed exports: removed when their process is dead
+    for p in stale.removed:
+        say(f"removed a stale partial export: {p.describe()}")
+    for p in stale.kept:
+        say(f"kept a partial export: {p.describe()}")
     t0 = time.time()
     ck, source, digest = _open(checkpoint)
     if task is not None:
@@ -246,7 +251,7 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
     base = resolve_llm(llm_spec)
     config, tokenizer = load_config(base), load_tokenizer(base)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = make_partial(out)
     try:
         llm_dir = tmp / "llm"
         if opts.backend == "onnx":

@@ -240,9 +240,49 @@ def verify(root: str | os.PathLike) -> tuple[dict, Verification]:
             problems.append(f"{rel}: sha256 mismatch (modified or corrupted)")
     for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in listed and p.name not in (MANIFEST, MANIFEST_SUM):
+        if p.is_symlink() and not p.resolve().is_relative_to(inside) and rel not in listed:
+            problems.append(f"{rel}: a link leading out of the bundle")
+        elif p.is_file() and rel not in listed and p.name not in (MANIFEST, MANIFEST_SUM):
             problems.append(f"{rel}: not listed in the manifest")
+    check_references(man, mpath)
     return man, Verification(not problems, problems, len(listed), total)
+
+
+def referenced_paths(man: dict) -> list[tuple[str, str, bool]]:
+    """(manifest field, path, is a folder) of every file or folder the runtime opens by a manifest field."""
+    out: list[tuple[str, str, bool]] = []
+
+    def add(name: str, rel, folder: bool = False) -> None:
+        if rel is not None:
+            out.append((name, rel, folder))
+
+    add("head", man.get("head"))
+    add("frontend", man.get("frontend"))
+    add("configs", man.get("configs"), True)
+    llm = man.get("llm")
+    add("llm.dir", llm.get("dir") if isinstance(llm, dict) else llm, True)
+    enc = man.get("encoder")
+    variants = enc.get("variants") if isinstance(enc, dict) else None
+    for k, v in (variants.items() if isinstance(variants, dict) else []):
+        add(f"encoder.variants.{k}", v)
+    o = man.get("onnx_llm")
+    for k in ("trunk", "embeddings", "tokenizer"):
+        add(f"onnx_llm.{k}", o.get(k) if isinstance(o, dict) else None)
+    return out
+
+
+def check_references(man: dict, where) -> None:
+    """Every path a manifest field names is a hashed file (or a folder of them) inside the bundle: an edited
+    manifest with a recomputed checksum must not point the runtime at a file no hash covers (issue 17 item 3)."""
+    listed = man.get("files") or {}
+    for name, rel, folder in referenced_paths(man):
+        if not _safe_rel(rel):
+            raise BundleError(f"{where}: {name} is {rel!r}, a path outside the bundle folder; the manifest was "
+                              f"edited or damaged, export the bundle again")
+        ok = any(f.startswith(rel.rstrip("/") + "/") for f in listed) if folder else rel in listed
+        if not ok:
+            raise BundleError(f"{where}: {name} is {rel!r}, which is not one of the bundle's hashed files; the "
+                              f"manifest was edited or damaged, export the bundle again")
 
 
 def refuse_damaged(root, v: Verification, limit: int = 5) -> None:

@@ -1,10 +1,12 @@
 """The `respi-edge` command line: parses arguments, calls the library API, prints text or --json."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
 
 import click
@@ -22,7 +24,7 @@ def friendly_errors(fn):
         try:
             return fn(*a, **kw)
         except RespiEdgeError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {type(e).__name__}: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -78,12 +80,106 @@ EXPERT_MODEL_OPTIONS = options(
 )
 
 
+ENGINE_OPTIONS = options(
+    click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="Expert: score in this process, or on a Ray cluster (pip install 'respi-edge[ray]')."),
+    click.option("--address", help="Expert, --engine ray: cluster address ('auto', 'ray://host:10001'; default: "
+                                   "start a local one)."),
+    click.option("--workers", type=click.IntRange(1), default=None,
+                 help="Expert, --engine ray: model workers (default: one per CPU, or per GPU share)."),
+    click.option("--gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
+                 help="Expert, --engine ray: GPUs each worker takes (0: CPU workers)."),
+)
+
+
+def check_engine_options(engine: str, address, workers, gpus_per_worker) -> None:
+    if engine == "local" and (address is not None or workers is not None or gpus_per_worker):
+        raise click.UsageError("--address, --workers and --gpus-per-worker apply to --engine ray")
+
+
 def dms_kwargs(kw: dict) -> dict:
     out = {k: kw.pop(k) for k in ("gender", "age", "location", "history", "symptoms")}
     text = kw.pop("dms_text", None)
     if text is not None:
         out = {"dms": text}
     return out
+
+
+def echo_json(obj, indent: int | None = 1) -> None:
+    """Strict JSON on stdout: a NaN or infinity is written as null, never as a bare NaN (not JSON)."""
+    from .validate import json_safe
+
+    click.echo(json.dumps(json_safe(obj), indent=indent, allow_nan=False))
+
+
+def check_task_options(task: str | None, prompt: str | None) -> None:
+    """--task / --prompt checked before a model loads (an unknown id fails in a second, not after loading)."""
+    from .errors import PromptError
+    from .prompts import get_task
+
+    if task is not None and prompt is not None:
+        raise PromptError("give either --task or --prompt, not both")
+    if task is not None:
+        get_task(task)
+
+
+def warn_patient(dms: dict) -> None:
+    """One named stderr line per unusual patient field (the text still reaches the model as given)."""
+    from .validate import format_warning, patient_warnings
+
+    if "dms" in dms:  # --dms: the whole text used as is, the fields are not read
+        return
+    for w in patient_warnings(**dms):
+        click.echo(format_warning(w), err=True)
+
+
+def _untruncated_tokens(model, text: str, n: int) -> int:
+    """Tokens of `text` before the tokenizer's cut (n when it was not cut, or its tokenizer cannot tell)."""
+    from . import contract
+
+    if n < contract.TOKENIZER_MAX_LENGTH:
+        return n
+    tok = getattr(model, "tokenizer", None)
+    for count in (lambda: len(tok(text)["input_ids"]), lambda: len(tok.encode(text).ids)):
+        try:
+            return int(count())
+        except Exception:  # noqa: BLE001 - another tokenizer API: try the next, else report the cut length
+            continue
+    return n
+
+
+def check_prompt_length(session) -> None:
+    """After tokenizing: a prompt or DMS text longer than the tokenizer's cut (warning) or than the LLM's positions
+    (PromptTooLongError), never silent."""
+    from . import contract
+    from .validate import format_warning, prompt_length_check
+
+    model = session.model
+    positions = getattr(getattr(getattr(model, "llm", None), "config", None), "max_position_embeddings", None)
+    n_prompt, n_dms = session.prompt_ids.shape[-1], session.dms_ids.shape[-1]
+    parts = (("prompt", session.task.prompt, n_prompt, n_dms), ("DMS text", session.dms, n_dms, n_prompt))
+    for what, text, n, other in parts:
+        full = _untruncated_tokens(model, text, n)
+        for w in prompt_length_check(full, int(positions) if positions else 1 << 62,
+                                     reserved=contract.N_AUDIO_TOKENS + other, what=what):
+            click.echo(format_warning(w), err=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a service manager's stop, `kill`) raised as KeyboardInterrupt while the block runs."""
+    def interrupt(_sig, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave the default
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def load_from_options(checkpoint, bundle, llm, merge_lora=False, d_ff=None, lora_alpha=None, device="auto"):
@@ -116,7 +212,7 @@ def tasks(as_json: bool) -> None:
 
     ts = load_tasks()
     if as_json:
-        click.echo(json.dumps([t.to_dict() for t in ts.values()], indent=1))
+        echo_json([t.to_dict() for t in ts.values()])
         return
     for t in ts.values():
         click.echo(f"{t.id:34s} {t.dataset:14s} {t.sound:18s} 1={t.positive} / 0={t.negative}")
@@ -137,10 +233,15 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
     FILE is an audio file (WAV, FLAC, OGG, ...) or a stored (256, 64) spectrogram: x.npy or x.npz[:key]."""
     from . import api
     from .errors import AudioError
+    from .validate import check_threshold
 
     dms = dms_kwargs(kw)
+    check_threshold(threshold)  # every argument is checked before the model loads
+    check_task_options(task, prompt)
+    warn_patient(dms)
     model = load_from_options(checkpoint, bundle, llm, merge_lora, d_ff, lora_alpha)
     session = api.Session(model, task, prompt, threshold=threshold, **dms)
+    check_prompt_length(session)
     info = model.info
     if not as_json:
         for c in info.caveats:
@@ -152,20 +253,20 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
         except AudioError as e:
             failed += 1
             if as_json:
-                click.echo(json.dumps({"source": f, "error": str(e), "error_type": type(e).__name__}))
+                echo_json({"source": f, "error": str(e), "error_type": type(e).__name__}, indent=None)
             else:
-                click.echo(f"{f}: error: {e}", err=True)
+                click.echo(f"{f}: error: {type(e).__name__}: {e}", err=True)
             continue
         if as_json:
-            click.echo(json.dumps(p.to_dict()))
+            echo_json(p.to_dict(), indent=None)
         else:
             tag = " [UNTRAINED MODEL]" if p.untrained else ""
             click.echo(f"{f}: P({session.task.positive}) = {p.prob:.4f} -> {p.decision} "
                        f"(threshold {p.threshold:.2f}){tag}")
     if not as_json:
         click.echo(f"({DISCLAIMER_SHORT}; task {session.task.id}; model {info.name})", err=True)
-    if failed:
-        sys.exit(1)
+    if failed:  # the other files were still scored; exit 2 as for any named error
+        sys.exit(2)
 
 
 # ---- commands of export/ (issue 4) ----
@@ -213,7 +314,11 @@ def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encod
     from respi_edge.export.exporter import ExportOptions, export_bundle
 
     from .bundle import summary
+    from .validate import check_nonnegative, check_threshold
 
+    check_threshold(threshold)
+    check_nonnegative(max_drift, "--max-drift")
+    check_task_options(task, None)
     variants = tuple(v.strip() for v in encoder_variants.split(",") if v.strip())
     opts = ExportOptions(bits=int(bits), quant=quant, double_quant=double_quant,
                          quantize_embeddings=not no_embedding_quant, encoder_variants=variants, parity=parity,
@@ -223,7 +328,7 @@ def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encod
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     man = export_bundle(out, checkpoint, llm, opts, say=say, task=task, threshold=threshold)
     if as_json:
-        click.echo(json.dumps(man, indent=1))
+        echo_json(man)
     else:
         click.echo("\n".join(summary(man)))
         click.echo(f"wrote {out}")
@@ -239,7 +344,7 @@ def inspect(bundle, as_json) -> None:
 
     man, v = verify(bundle)
     if as_json:
-        click.echo(json.dumps({"manifest": man, "verified": v.ok, "problems": v.problems}, indent=1))
+        echo_json({"manifest": man, "verified": v.ok, "problems": v.problems})
     else:
         click.echo("\n".join(summary(man, v)))
     if not v.ok:
@@ -256,7 +361,7 @@ def devices(as_json) -> None:
 
     devs = input_devices()
     if as_json:
-        click.echo(json.dumps(devs, indent=1))
+        echo_json(devs)
         return
     for d in devs:
         mark = "*" if d["default"] else " "
@@ -286,16 +391,31 @@ def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, 
     """Live screening from a microphone / USB stethoscope in 8.18-s windows every hop."""
     from . import api
     from .stream import StreamConfig, screen as run_screen
+    from .validate import check_duration, check_hop, check_threshold
 
     dms = dms_kwargs(kw)
+    # every argument is checked before the model loads (20-30 s): a loop that never ends, a run of nothing, an
+    # unknown task or input device fail at once
+    hop, duration = check_hop(hop), check_duration(duration)
+    check_threshold(threshold)
+    check_task_options(task, prompt)
+    if file is not None and input_device is not None:
+        raise click.UsageError("give --file (replay a recording) or --input-device (capture), not both")
+    if file is None:
+        from .stream.sources import resolve_device
+
+        resolve_device(input_device)
+    warn_patient(dms)
     model = load_from_options(checkpoint, bundle, llm, merge_lora, d_ff, lora_alpha, device=device)
     session = api.Session(model, task, prompt, threshold=threshold, **dms)
+    check_prompt_length(session)
     session.prefix  # prompt + DMS keys/values once, before capture starts
     click.echo(f"compute: {model.device}; task {session.task.id}; {DISCLAIMER_SHORT}", err=True)
     cfg = StreamConfig(hop=hop, duration=duration, slow_inference=slow_inference)
     live = sys.stdout.isatty() and not echo_json  # the live view only on a terminal, never around JSON lines
-    summary = run_screen(session, device=input_device, file=file, realtime=realtime, jsonl=jsonl, cfg=cfg,
-                         echo_json=echo_json, save_audio=save_audio, live=live)
+    with sigterm_as_interrupt():  # `kill` ends a session like Ctrl-C: results kept, the summary printed
+        summary = run_screen(session, device=input_device, file=file, realtime=realtime, jsonl=jsonl, cfg=cfg,
+                             echo_json=echo_json, save_audio=save_audio, live=live)
     if not echo_json:
         click.echo(f"summary: {summary['windows']} windows, {summary['scored']} scored, {summary['rejected']} "
                    f"rejected, {summary['skipped']} skipped, {summary['overflows']} overflows, "
@@ -318,13 +438,16 @@ def calibrate(bundle_dir, data, target_sensitivity, task, as_json) -> None:
 
     from respi_edge.calibration.threshold import calibrate_threshold
 
+    from .validate import check_threshold
+
+    check_threshold(target_sensitivity, "--target-sensitivity")
     with Progress(TextColumn("scoring the calibration data"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), transient=True, disable=as_json) as progress:
         bar = progress.add_task("", total=None)
         info = calibrate_threshold(bundle_dir, data, target_sensitivity=target_sensitivity, task=task,
                                    on_progress=lambda i, n: progress.update(bar, completed=i, total=n))
     if as_json:
-        click.echo(json.dumps(info, indent=1))
+        echo_json(info)
     else:
         click.echo(f"threshold {info['threshold']:.4f} ({info['method']}, n={info['n']}): sensitivity "
                    f"{info['sensitivity']:.3f}, specificity {info['specificity']:.3f} on the calibration data "
@@ -389,7 +512,10 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device
             progress.advance(bar)
     note = None if dev == "cuda" else "CPU only: no GPU was used, so no GPU number here was measured."
     L.write_results(rows, out, "respi-edge bench latency " + " ".join(sys.argv[3:]), note)
-    click.echo(json.dumps(rows, indent=1) if as_json else L.markdown(rows))
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(L.markdown(rows))
     if not as_json and note:
         click.echo(note, err=True)
 
@@ -406,13 +532,23 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: verify-<bundle>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
+@ENGINE_OPTIONS
 @friendly_errors
-def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_variant, out, as_json) -> None:
+def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_variant, out, as_json, engine, address,
+           workers, gpus_per_worker) -> None:
     """AUROC drift of a bundle against the full-precision model, with patient-grouped confidence intervals."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .evaluate import markdown, verify as run_verify
+    from .validate import check_nonnegative
 
+    check_nonnegative(budget, "--budget")
+    check_engine_options(engine, address, workers, gpus_per_worker)
+    scorer = None
+    if engine != "local":
+        from .cohort import CohortScorer
+
+        scorer = CohortScorer(engine, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), transient=True, disable=as_json) as progress:
         ids: dict = {}
@@ -423,18 +559,57 @@ def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_va
             progress.update(ids[stage], completed=i)
 
         report = run_verify(bundle_dir, data, reference=reference, llm=llm, task=task, budget=budget, out=out,
-                            n_boot=bootstrap, on_progress=on_progress, encoder_variant=encoder_variant)
+                            n_boot=bootstrap, on_progress=on_progress, encoder_variant=encoder_variant,
+                            bundle_scorer=scorer)
     if as_json:
-        click.echo(json.dumps(report, indent=1))
+        echo_json(report)
     else:
         q = report.get("quantization") or {}
         click.echo(markdown(report, "reference", f"bundle {q.get('bits')}-bit {q.get('quant')}"))
         verdict = "within" if report["passed"] else "EXCEEDS"
-        if budget is not None:
+        if budget is not None and "problem" not in report:
             click.echo(f"AUROC drop {report['auroc_drop']:+.4f} {verdict} the budget {budget}")
         click.echo(f"({DISCLAIMER_SHORT}) report: {out or 'verify-' + os.path.basename(os.path.normpath(bundle_dir))}")
+    if "problem" in report:
+        click.echo(f"FAILED: {report['problem']}", err=True)
     if not report["passed"]:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Manifest CSV (path,label,patient[,gender,age,location,history,symptoms]).")
+@click.option("--task", "task", help="Task id (default: the bundle's or the model's).")
+@click.option("--bundle", type=click.Path(file_okay=False), help="Exported bundle folder instead of a checkpoint.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Official or compact checkpoint (.pt / .safetensors). Default: the built-in model.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Results file: *.parquet or *.jsonl (rows already there are kept: a re-run resumes).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON.")
+@ENGINE_OPTIONS
+@friendly_errors
+def score(data, task, bundle, checkpoint, out, as_json, engine, address, workers, gpus_per_worker) -> None:
+    """Score every recording of a manifest once (one row per recording, written as produced, resumable)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .cohort import score_cohort, summary_line
+
+    check_engine_options(engine, address, workers, gpus_per_worker)
+    if bundle and checkpoint:
+        raise click.UsageError("give --bundle or --checkpoint, not both")
+    if bundle and not os.path.isdir(bundle):
+        raise BundleError(f"{bundle}: bundle folder not found")
+    with Progress(TextColumn("scoring"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), transient=True, disable=as_json) as progress:
+        bar = progress.add_task("", total=None)
+        s = score_cohort(data, out, source=bundle or checkpoint, engine=engine, address=address, workers=workers,
+                         gpus_per_worker=gpus_per_worker, task=task,
+                         progress=lambda i, n: progress.update(bar, completed=i, total=n))
+    if as_json:
+        echo_json(s)
+    else:
+        click.echo(f"{summary_line(s)} ({DISCLAIMER_SHORT})")
+
 
 # ---- commands of train/ (issue 3) ----
 
@@ -460,7 +635,7 @@ def train(config, overrides, out, llm, official, cache_dir, as_json) -> None:
         metrics = run(config, list(overrides), out, official=official, llm=llm, cache_dir=cache_dir,
                       progress=progress)
     if as_json:
-        click.echo(json.dumps(metrics, indent=1))
+        echo_json(metrics)
         return
     for task, m in metrics["tasks"].items():
         line = f"{task}: {m['n_train']} train / {m['n_val']} val recordings, threshold {m['threshold_youden_val']:.3f}"

@@ -3,7 +3,8 @@
 The engine-independent part. A run turns manifest rows into `Job`s keyed by what decides a score (the
 recording's path and content sha256, its DMS text, the task and the model's identity), drops the keys the results
 file already holds (resume), and hands the rest, grouped by DMS, to an engine: `local` (this process) or `ray`
-(`cohort_ray.py`, an actor pool). Both score a group with the same `Scorer`, so they give the same numbers.
+(`cohort_ray.py`, an actor pool). Both score a group with the same `scoring.Scorer`, so they give the same
+numbers.
 Only the driver writes: `ResultSink` appends each record once per key (a retried or duplicated result is dropped),
 flushed as rows arrive; a Parquet output is journalled as JSON lines beside it and written atomically at the end.
 
@@ -12,14 +13,11 @@ counts as done, since the same bytes fail the same way on a re-run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 try:
@@ -28,81 +26,24 @@ except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None
 
 from .dms import dms_from_row
-from .errors import AudioError, ResultsError
+from .errors import ResultsError
 from .hashing import sha256_file
 from .manifest import Manifest, read_manifest
+from .scoring import (BATCH_ROWS, KEY_VERSION, RECORD_FIELDS, Job, Scorer, arrow_schema,  # noqa: F401 (re-exported)
+                      job_dicts, job_from_dict, load_source, record_key, score_group, sha256_text)
 
-KEY_VERSION = "cohort-1"
 DEFAULT_TASK = "model-default"  # the key's task when neither the caller nor a bundle names one
-SESSION_CACHE = 8  # prefixes kept per worker; rows arrive sorted by DMS, so a few suffice
-BATCH_ROWS = 8  # rows per engine batch: the work an engine loses when a worker dies mid-batch
 ENGINES = ("local", "ray")
 
-RECORD_FIELDS = ("key", "path", "sha256", "label", "patient", "dms", "task", "prompt_sha256", "model", "model_id",
-                 "prob", "logits", "decision", "positive", "threshold", "error", "error_type")
 
-
-@dataclass(frozen=True)
-class Job:
-    """One manifest row to score; plain fields so it travels to a Ray worker as a row of a table."""
-    key: str
-    path: str  # absolute: what a worker reads
-    rel: str  # as written in the manifest: what the results name
-    sha256: str  # content hash ("" when the file could not be read)
-    label: int
-    patient: str
-    dms: str
-    model_id: str
-    read_error: str = ""  # the driver could not hash the file
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def record_key(rel: str, content_sha256: str, dms: str, task: str, model_id: str) -> str:
-    """Identity of one score: the same key means the same inputs, so a re-run may skip it."""
-    return sha256_text("\x1f".join((KEY_VERSION, rel, content_sha256, dms, task, model_id)))
-
-
-# ---- model source: what to load, and its identity without loading it ----
-
-def load_source(source: str | os.PathLike | None):
-    """The model of `source`: an exported bundle folder, a checkpoint file, or the built-in model (None).
-
-    The one place that loads: `api.load(source)` where the library has it (issue 14: bundles on the worker's GPU
-    when it has one), else the checkpoint / bundle loaders `respi-edge predict` uses."""
-    from . import api
-
-    if hasattr(api, "load"):
-        return api.load(source)
-    if source is not None and Path(source).is_dir():
-        from .bundle import load_bundle
-
-        return load_bundle(source)
-    return api.load_model(None if source is None else os.fspath(source))
-
+# ---- model source: its identity and task without loading it ----
 
 def source_identity(source: str | os.PathLike | None) -> str:
-    """A hash that changes whenever the source's numbers could, computed without loading it (torch-free):
-    a bundle's listed files, a checkpoint's bytes, or the built-in model's trained parts."""
-    if source is not None and Path(source).is_dir():
-        man = Path(source) / "manifest.json"
-        if not man.is_file():
-            from .errors import BundleError
+    """A hash that changes whenever the source's numbers could, computed without loading it (torch-free): the
+    evaluation module's `model_identity`, so cohort results and verify's caches name a model the same way."""
+    from .evaluate import model_identity
 
-            raise BundleError(f"{source}: not a bundle (no manifest.json); export one with `respi-edge export`")
-        return sha256_text(json.dumps(json.loads(man.read_text())["files"], sort_keys=True))
-    if source is not None:
-        if not Path(source).is_file():
-            from .errors import CheckpointError
-
-            raise CheckpointError(f"{source}: checkpoint not found")
-        return sha256_file(source)
-    from importlib.resources import as_file, files
-
-    with as_file(files("respi_edge.configs") / "demo" / "model.safetensors") as p:
-        return sha256_file(p) if Path(p).is_file() else "built-in-untrained"
+    return model_identity(None, None if source is None else os.fspath(source))
 
 
 def source_task(source: str | os.PathLike | None, task: str | None) -> str:
@@ -112,7 +53,9 @@ def source_task(source: str | os.PathLike | None, task: str | None) -> str:
 
         return get_task(task).id  # an unknown id fails here, before any worker starts
     if source is not None and Path(source).is_dir():
-        t = json.loads((Path(source) / "manifest.json").read_text()).get("task")
+        from .bundle import read_manifest as read_bundle_manifest
+
+        t = read_bundle_manifest(source, verify_hashes=False).get("task")
         if t:
             return t
     return DEFAULT_TASK
@@ -140,10 +83,6 @@ def make_jobs(manifest: Manifest, task_id: str, model_id: str, threads: int = 8)
     return jobs
 
 
-def job_from_dict(d: dict) -> Job:
-    return Job(**{k: d[k] for k in Job.__dataclass_fields__})
-
-
 def batches(jobs: Sequence[Job], size: int = BATCH_ROWS) -> list[list[Job]]:
     """Consecutive runs of at most `size` jobs that share a DMS (jobs sorted by DMS)."""
     out: list[list[Job]] = []
@@ -155,86 +94,7 @@ def batches(jobs: Sequence[Job], size: int = BATCH_ROWS) -> list[list[Job]]:
     return out
 
 
-# ---- scoring (runs in the engine's worker) ----
-
-class Scorer:
-    """One loaded model and its Sessions (one per DMS, least recently used dropped): scores groups of jobs."""
-
-    def __init__(self, model, task: str | None = None, sessions: int = SESSION_CACHE):
-        self.model, self.task = model, task
-        self.sessions: OrderedDict[str, object] = OrderedDict()
-        self.max_sessions = sessions
-
-    def session(self, dms: str):
-        from . import api
-
-        s = self.sessions.pop(dms, None)
-        if s is None:
-            s = api.Session(self.model, self.task, dms=dms)
-        self.sessions[dms] = s
-        while len(self.sessions) > self.max_sessions:
-            self.sessions.popitem(last=False)
-        return s
-
-    def score(self, jobs: Iterable[Job]) -> list[dict]:
-        """Records for `jobs` in their order, one Session per DMS group."""
-        groups: dict[str, list[Job]] = {}
-        for j in jobs:
-            groups.setdefault(j.dms, []).append(j)
-        out: dict[str, dict] = {}
-        for dms, group in groups.items():
-            out.update(score_group(self.session(dms), group))
-        return [out[j.key] for j in jobs]
-
-
-def score_group(session, jobs: Sequence[Job]) -> dict[str, dict]:
-    """Records of jobs sharing one Session (prompt + DMS prefix), keyed by job key. Decoding is per row (an
-    undecodable recording is an error row); the windows that decode are scored together where the Session can
-    batch (`score_many`, issue 15 item 1), else one by one."""
-    from . import api
-
-    out: dict[str, dict] = {}
-    specs, ok = [], []
-    for j in jobs:
-        if j.read_error:
-            out[j.key] = error_record(j, session, j.read_error, "UnreadableAudioError")
-            continue
-        try:
-            specs.append(api.input_spectrogram(j.path))
-            ok.append(j)
-        except AudioError as e:
-            out[j.key] = error_record(j, session, str(e), type(e).__name__)
-    if hasattr(session, "score_many"):
-        preds = session.score_many(specs) if specs else []
-    else:
-        preds = [session.score_spec(s, j.path) for s, j in zip(specs, ok)]
-    for j, p in zip(ok, preds):
-        out[j.key] = {**_base(j, session), "prob": float(p.prob), "logits": [float(x) for x in p.logits],
-                      "decision": p.decision, "positive": bool(p.positive), "threshold": float(p.threshold),
-                      "error": None, "error_type": None}
-    return out
-
-
-def _base(j: Job, session) -> dict:
-    return {"key": j.key, "path": j.rel, "sha256": j.sha256, "label": int(j.label), "patient": j.patient,
-            "dms": j.dms, "task": session.task.id, "prompt_sha256": sha256_text(session.task.prompt),
-            "model": session.model.info.name, "model_id": j.model_id}
-
-
-def error_record(j: Job, session, message: str, error_type: str) -> dict:
-    return {**_base(j, session), "prob": None, "logits": None, "decision": None, "positive": None,
-            "threshold": None, "error": message, "error_type": error_type}
-
-
 # ---- results sink (driver only) ----
-
-def arrow_schema():
-    import pyarrow as pa
-
-    s, f = pa.string(), pa.float64()
-    types = {"label": pa.int64(), "prob": f, "logits": pa.list_(f), "positive": pa.bool_(), "threshold": f}
-    return pa.schema([(k, types.get(k, s)) for k in RECORD_FIELDS])
-
 
 def results_format(out: str | os.PathLike) -> str:
     name = os.fspath(out).lower()
@@ -430,5 +290,26 @@ def summary_line(s: dict) -> str:
             f" ({s['engine']}, {s.get('workers', 0)} worker(s){rate}) -> {s['out']}")
 
 
-def job_dicts(jobs: Sequence[Job]) -> list[dict]:
-    return [asdict(j) for j in jobs]
+class CohortScorer:
+    """verify's bundle side through cohort scoring (`evaluate.BundleScorer`): `verify --engine ray` scores the
+    bundle on a Ray cluster with the local engine's Scorer, so its numbers are the local ones."""
+
+    def __init__(self, engine: str = "ray", address: str | None = None, workers: int | None = None,
+                 gpus_per_worker: float = 0):
+        if engine not in ENGINES:
+            raise ResultsError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+        self.engine, self.address, self.workers, self.gpus_per_worker = engine, address, workers, gpus_per_worker
+
+    def __call__(self, manifest: Manifest, bundle_dir: str, task: str | None, out: Path,
+                 on_progress: Progress | None = None) -> list:
+        from .evaluate import Scored
+
+        score_cohort(manifest.path, out, source=bundle_dir, engine=self.engine, address=self.address,
+                     workers=self.workers, gpus_per_worker=self.gpus_per_worker, task=task, progress=on_progress)
+        recs = {r["key"]: r for r in read_results(out)}
+        model_id, task_id = source_identity(bundle_dir), source_task(bundle_dir, task)
+        rows = []
+        for row, sha in zip(manifest.rows, manifest.file_hashes()):
+            r = recs[record_key(row.rel, sha, dms_from_row(row.dms), task_id, model_id)]
+            rows.append(Scored(row.rel, row.label, row.patient, r["prob"], r.get("error")))
+        return rows

@@ -1,10 +1,11 @@
 """The Ray engine of cohort scoring: Ray Data carries the jobs, an actor pool holds one loaded model per worker.
 
 Why it keeps its promises:
-- Same numbers: each actor runs `cohort.Scorer`, the code the local engine runs.
+- Same numbers: each actor runs `scoring.Scorer`, the code the local engine runs.
 - No lost rows: Ray Data's actor pool restarts a killed actor and re-runs its unfinished batch (its defaults
   `max_restarts=-1`, `max_task_retries=-1`); scoring has no side effect, so a re-run batch is idempotent.
-- No duplicated rows: only the driver writes, through `ResultSink`, which keeps the first record of a key.
+- No duplicated rows: only the driver writes, through `cohort.ResultSink` (passed in), which keeps the first
+  record of a key.
 
 The jobs come from the manifest as `runtime/manifest.py` validated it (the driver also hashes contents for the
 keys): parsing the CSV again with Ray Data's type inference would change fields the DMS text is built from
@@ -17,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from .cohort import BATCH_ROWS, Job, ResultSink, Scorer, arrow_schema, job_dicts, job_from_dict, load_source
+from .scoring import BATCH_ROWS, Job, Scorer, Sink, arrow_schema, job_dicts, job_from_dict, load_source
 from .errors import DependencyError, ResultsError
 
 WORKER_CPUS = 1  # one model per worker; the front end and a CPU model use this core
@@ -66,7 +67,7 @@ def default_workers(ray, gpus_per_worker: float) -> int:
     return max(1, int(res.get("CPU", 1) // WORKER_CPUS))
 
 
-def score_ray(jobs: Sequence[Job], sink: ResultSink, source, task: str | None, on_batch: Callable[[int], None], *,
+def score_ray(jobs: Sequence[Job], sink: Sink, source, task: str | None, on_batch: Callable[[int], None], *,
               address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0,
               batch_rows: int = BATCH_ROWS) -> dict:
     """Score `jobs` on a Ray cluster, writing on the driver as batches arrive. A cluster already initialised in

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -27,12 +29,14 @@ except ImportError:  # pragma: no cover - Windows: no lock, a shared cache may b
 from . import api, atomic, stats
 from .bundle import files_identity, open_bundle, read_manifest
 from .dms import dms_from_row
-from .errors import AudioError, BundleError
+from .errors import BundleError, CheckpointError, ManifestError
 from .info import DISCLAIMER_SHORT
 from .llm import cache_dir
 from .manifest import Manifest, read_manifest as read_data
+from .scoring import BATCH_ROWS, Job, record_key, score_group, sha256_text
+from .validate import json_safe
 
-CACHE_VERSION = "verify-1"
+CACHE_VERSION = "verify-2"  # 2: records keyed by content, DMS, prompt and model (issue 17 item 4)
 
 
 @dataclass
@@ -49,13 +53,16 @@ def bundle_identity(bundle_dir: str | os.PathLike) -> str:
 
 
 def model_identity(model, source: str | None) -> str:
-    """A hash that changes whenever the model's numbers could: checkpoint/bundle bytes, or the built-in model."""
+    """A hash that changes whenever the model's numbers could: checkpoint/bundle bytes, or the built-in model.
+    Torch-free and without loading anything (cohort scoring keys its records by it too)."""
     if source and Path(source).is_dir():
         return bundle_identity(source)
     if source and Path(source).is_file():
         from respi_edge.runtime.hashing import sha256_file
 
         return sha256_file(source)
+    if source:
+        raise CheckpointError(f"{source}: no such checkpoint file or bundle folder")
     from respi_edge.runtime.builtin import DEMO_FILE, demo_available
 
     if demo_available():
@@ -68,15 +75,27 @@ def model_identity(model, source: str | None) -> str:
     return "built-in-untrained"
 
 
+def task_key(task: str | None) -> str:
+    """What of the task decides a score: its id and prompt text (None: the model's own task, which the model's
+    identity fixes). An unknown id fails here, before anything is loaded."""
+    if not task:
+        return "model-default"
+    from .prompts import get_task
+
+    t = get_task(task)
+    return f"{t.id}|{sha256_text(t.prompt)}"
+
+
 def _read_done(f) -> dict[str, dict]:
-    """Records already in an open (binary, append) JSONL file; a line cut by a kill is dropped (scored again)."""
+    """Records already in an open (binary, append) JSONL file, by key; a line cut by a kill is dropped (scored
+    again), and so are records of an older cache without keys."""
     f.seek(0)
     text = f.read()
     done: dict[str, dict] = {}
     for line in text.decode("utf-8", "replace").splitlines():
         try:
             rec = json.loads(line)
-            done[rec["path"]] = rec
+            done[rec["key"]] = rec
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     if text and not text.endswith(b"\n"):
@@ -85,39 +104,84 @@ def _read_done(f) -> dict[str, dict]:
     return done
 
 
+def manifest_jobs(manifest: Manifest, task: str | None, model_id: str) -> list[Job]:
+    """One job per row, keyed by everything that changes its score (issue 17 item 4): the recording's bytes,
+    its DMS text, the task's prompt and the model's identity. The same file twice with two DMS texts is two
+    scores; the same file under two names with one DMS is one."""
+    tk = task_key(task)
+    jobs = []
+    for row, sha in zip(manifest.rows, manifest.file_hashes()):
+        dms = dms_from_row(row.dms)
+        jobs.append(Job(record_key("", sha, dms, tk, model_id), row.path, row.rel, sha, row.label, row.patient, dms,
+                        model_id))
+    return jobs
+
+
 def score_manifest(model, manifest: Manifest, task: str | None, out_jsonl: Path,
                    on_progress: Callable[[int, int], None] | None = None, *,
-                   loader: Callable[[], object] | None = None) -> list[Scored]:
-    """Score every row (first 8.18-s window, batch 1, DMS from the row), appending to `out_jsonl` as it goes;
-    rows already there are reused. `loader` builds the model on first need when `model` is None.
+                   loader: Callable[[], object] | None = None, model_id: str = "") -> list[Scored]:
+    """Score every row (first 8.18-s window, DMS from the row), appending to `out_jsonl` as it goes; rows whose
+    key (`manifest_jobs`) is already there are reused. `loader` builds the model on first need when `model` is
+    None; `model_id` names it in the keys (the file name should too).
 
-    The file is locked while scoring, so two runs sharing a reference cache score it once, not twice."""
+    Rows are grouped by DMS text: one Session (prompt + DMS prefix) per group, scored through `score_group`
+    (`Session.score_many` where the Session has it, else one by one), in chunks of BATCH_ROWS so a killed run
+    keeps what it scored. The file is locked while scoring, so two runs sharing a reference cache score it once."""
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    results = []
-    sessions: dict[str, api.Session] = {}
+    jobs = manifest_jobs(manifest, task, model_id)
+    n = len(jobs)
     with open(out_jsonl, "a+b") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
         done = _read_done(f)
-        for i, row in enumerate(manifest.rows):
-            rec = done.get(row.rel)
-            if rec is None:
-                if model is None:
-                    model = loader()
-                dms = dms_from_row(row.dms)
-                s = sessions.get(dms)
-                if s is None:
-                    s = sessions[dms] = api.Session(model, task, dms=dms)
-                try:
-                    rec = {"path": row.rel, "prob": s.score_file(row.path).prob}
-                except AudioError as e:
-                    rec = {"path": row.rel, "prob": None, "error": str(e)}
-                f.write((json.dumps(rec) + "\n").encode())
+        todo: dict[str, list[Job]] = {}
+        seen: set[str] = set()
+        for j in jobs:
+            if j.key not in done and j.key not in seen:
+                seen.add(j.key)
+                todo.setdefault(j.dms, []).append(j)
+        finished = n - sum(1 for j in jobs if j.key not in done)
+        if on_progress:
+            on_progress(finished, n)
+        for dms, group in todo.items():
+            if model is None:
+                model = loader()
+            session = api.Session(model, task, dms=dms)
+            for k in range(0, len(group), BATCH_ROWS):
+                chunk = group[k:k + BATCH_ROWS]
+                recs = score_group(session, chunk)
+                for j in chunk:
+                    r = recs[j.key]
+                    rec = {"key": j.key, "path": j.rel, "prob": r["prob"], "error": r["error"],
+                           "error_type": r["error_type"]}
+                    done[j.key] = rec
+                    f.write((json.dumps(rec) + "\n").encode())
                 f.flush()
-            results.append(Scored(row.rel, row.label, row.patient, rec["prob"], rec.get("error")))
-            if on_progress:
-                on_progress(i + 1, len(manifest.rows))
-    return results
+                finished = sum(1 for j in jobs if j.key in done)
+                if on_progress:
+                    on_progress(finished, n)
+    return [Scored(j.rel, j.label, j.patient, done[j.key]["prob"], done[j.key].get("error")) for j in jobs]
+
+
+def scorable(data: str | os.PathLike, *runs: list[Scored]) -> list[int]:
+    """Indices of the rows every run scored; ManifestError when none is left or a class vanished with the
+    unreadable rows (an AUROC, a threshold or a gate from one class is no result, issue 17 items 1 and 5)."""
+    rows = list(zip(*runs))
+    ok = [i for i, rs in enumerate(rows) if all(r.prob is not None for r in rs)]
+    bad = [r for rs in rows for r in rs if r.prob is None]
+    if not ok:
+        eg = f", e.g. {bad[0].rel}: {bad[0].error}" if bad else ""
+        raise ManifestError(f"{data}: none of its {len(rows)} recording(s) could be scored{eg}; fix or replace the "
+                            f"unreadable files")
+    labels = {rows[i][0].label for i in ok}
+    if len(labels) < 2:
+        (only,) = labels
+        gone = len(rows) - len(ok)
+        why = (f"after dropping {gone} unreadable recording(s) (e.g. {bad[0].rel}), every scorable one"
+               if gone else "every recording")
+        raise ManifestError(f"{data}: {why} has label {only}; AUROC and thresholds need both classes: fix the "
+                            f"unreadable files or add recordings of label {1 - only}")
+    return ok
 
 
 def drift_report(ref: list[Scored], new: list[Scored], threshold: float, n_boot: int = 2000,
@@ -200,6 +264,15 @@ def markdown(report: dict, ref_name: str, new_name: str) -> str:
     ])
 
 
+class BundleScorer(Protocol):
+    """Scores a bundle on a manifest somewhere else (see `cohort.CohortScorer`), rows in manifest order."""
+
+    engine: str
+
+    def __call__(self, manifest: Manifest, bundle_dir: str, task: str | None, out: Path,
+                 on_progress: Callable[[int, int], None] | None) -> list[Scored]: ...
+
+
 class _Reference:
     """Loads the reference on first need and keeps its name, caveats and threshold beside the score cache, so a
     fully cached run needs no model at all."""
@@ -224,8 +297,13 @@ class _Reference:
 def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str | None = None,
            task: str | None = None, budget: float | None = None, out: str | None = None,
            n_boot: int = 2000, on_progress: Callable[[str, int, int], None] | None = None,
-           encoder_variant: str | None = None) -> dict:
-    """Compare a bundle with its reference on a manifest; returns the report (with `passed`)."""
+           encoder_variant: str | None = None, bundle_scorer: "BundleScorer | None" = None) -> dict:
+    """Compare a bundle with its reference on a manifest; returns the report (with `passed`).
+
+    `bundle_scorer`: scores the bundle side elsewhere (cohort scoring's Ray engine, `cohort.CohortScorer`: the
+    same Scorer, so the same numbers); None scores it in this process. The reference side is always scored
+    here, cached as before."""
+    engine = getattr(bundle_scorer, "engine", "local")
     manifest = read_data(data)
     man = read_manifest(bundle_dir)
     bundle = open_bundle(bundle_dir, manifest=man)
@@ -233,6 +311,9 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
         variant = bundle.manifest.encoder_variant(encoder_variant)
     except BundleError as e:
         raise BundleError(f"{bundle_dir}: {e}") from None
+    if bundle_scorer is not None and variant != bundle.manifest.encoder_default:
+        raise BundleError(f"{bundle_dir}: --engine {engine} scores the bundle's default encoder "
+                          f"({bundle.manifest.encoder_default}); leave out --encoder-variant or use --engine local")
     task = task or man.get("task")
     ref_id = model_identity(None, reference)
     llm_key = f"|llm={llm}" if llm else ""  # a compact checkpoint's numbers depend on its base LLM too
@@ -240,26 +321,38 @@ def verify(bundle_dir: str, data: str, *, reference: str | None = None, llm: str
     ref_jsonl = cache_dir() / "verify" / f"reference-{key}.jsonl"
     outp = Path(out or f"verify-{Path(bundle_dir).name}")
     outp.mkdir(parents=True, exist_ok=True)
-    new_jsonl = outp / f"bundle-{files_identity(man)[:12]}-{encoder_variant or 'default'}-{key[:12]}.jsonl"
+    bundle_id = files_identity(man)
+    new_jsonl = outp / f"bundle-{bundle_id[:12]}-{encoder_variant or 'default'}-{key[:12]}.jsonl"
     prog = (lambda stage: (lambda i, n: on_progress(stage, i, n))) if on_progress else (lambda stage: None)
     ref_source = _Reference(reference, llm, key)
-    ref = score_manifest(None, manifest, task, ref_jsonl, prog("reference"), loader=ref_source.load)
-    new = score_manifest(None, manifest, task, new_jsonl, prog("bundle"),
-                         loader=lambda: api.load(bundle_dir, encoder_variant=encoder_variant, verify_hashes=False))
+    ref = score_manifest(None, manifest, task, ref_jsonl, prog("reference"), loader=ref_source.load,
+                         model_id=ref_id + llm_key)
+    if bundle_scorer is not None:
+        new = bundle_scorer(manifest, bundle_dir, task, outp / f"bundle-{bundle_id[:12]}-{engine}-{key[:12]}.jsonl",
+                            prog("bundle"))
+    else:
+        new = score_manifest(None, manifest, task, new_jsonl, prog("bundle"), model_id=f"{bundle_id}|{variant}",
+                             loader=lambda: api.load(bundle_dir, encoder_variant=encoder_variant,
+                                                     verify_hashes=False))
+    ok = scorable(data, ref, new)
     meta = ref_source.meta()
     threshold = float(man.get("threshold", 0.5))
     report = drift_report(ref, new, threshold, n_boot, meta.get("threshold"))
     report.update({"bundle": str(bundle_dir), "reference": reference or f"built-in {meta['name']} (fp32)",
                    "reference_caveats": meta["caveats"],
                    "data": str(data), "task": task, "quantization": man.get("quantization"),
-                   "backend": man.get("backend"), "encoder_variant": variant,
+                   "backend": man.get("backend"), "encoder_variant": variant, "engine": engine,
                    "reference_cache": str(ref_jsonl), "budget": budget})
     drop = report["auroc_reference"]["value"] - report["auroc_bundle"]["value"]
     report["auroc_drop"] = drop
-    report["passed"] = budget is None or drop <= budget
+    # NaN never passes (issue 17 item 6): an undefined AUROC is a failed gate with the reason, not a pass
+    report["passed"] = math.isfinite(drop) and (budget is None or drop <= budget)
+    if not math.isfinite(drop):
+        report["problem"] = (f"the AUROC is undefined on the {len(ok)} recording(s) both models scored; "
+                             f"check the data (labels, unreadable files) and the model's scores")
     q = man.get("quantization", {})
     name = f"bundle {q.get('bits')}-bit {q.get('quant')}, encoder {report['encoder_variant']}"
     roc_png(ref, new, outp / "roc.png", ("reference", name))
     atomic.write_text(outp / "report.md", markdown(report, "reference", name) + "\n")
-    atomic.write_json(outp / "report.json", report)
+    atomic.write_text(outp / "report.json", json.dumps(json_safe(report), indent=1, allow_nan=False))
     return report

@@ -31,6 +31,7 @@ class Row:
 class Manifest:
     path: str
     rows: list[Row]
+    _hashes: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def labels(self) -> list[int]:
@@ -44,9 +45,22 @@ class Manifest:
         """Hash of the manifest text (labels, patients, DMS) and of every listed audio file's bytes: a cache key
         that changes whenever a score or a statistic could."""
         h = hashlib.sha256(Path(self.path).read_bytes())
-        for r in self.rows:
-            h.update(file_sha256(r.path).encode())
+        for sha in self.file_hashes():
+            h.update(sha.encode())
         return h.hexdigest()
+
+    def file_hashes(self) -> list[str]:
+        """sha256 of every row's audio bytes, in row order (computed once): what a score cache is keyed by."""
+        if self._hashes is None:
+            hashes = []
+            for r in self.rows:
+                try:
+                    hashes.append(file_sha256(r.path))
+                except OSError as e:
+                    raise ManifestError(f"{self.path}: cannot read {r.rel} ({e.strerror or e}); fix its "
+                                        f"permissions or remove the row") from None
+            self._hashes = hashes
+        return self._hashes
 
     @property
     def manifest_sha256(self) -> str:

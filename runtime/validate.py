@@ -11,6 +11,8 @@ import difflib
 import math
 import re
 
+import numpy as np
+
 from . import contract as C
 from .dms import SPRSOUND_LOCATIONS, location_code_text, maps
 from .errors import PromptError, RespiEdgeError
@@ -80,14 +82,39 @@ def check_duration(d) -> float | None:
     return x
 
 
-def check_threshold(t) -> float | None:
+def check_threshold(t, name: str = "--threshold") -> float | None:
     """--threshold: None (the model's) or a probability in [0, 1]; NaN would call everyone normal."""
     if t is None:
         return None
-    x = _finite("--threshold", t)
+    x = _finite(name, t)
     if not 0.0 <= x <= 1.0:
-        raise InvalidArgumentError(f"--threshold must be a probability between 0 and 1, got {t!r}")
+        raise InvalidArgumentError(f"{name} must be a probability between 0 and 1, got {t!r}")
     return x
+
+
+def check_nonnegative(v, name: str) -> float | None:
+    """A budget or tolerance (--budget, --max-drift): None or a finite number >= 0 (NaN would pass every gate)."""
+    if v is None:
+        return None
+    x = _finite(name, v)
+    if x < 0:
+        raise InvalidArgumentError(f"{name} must be 0 or more, got {v!r}")
+    return x
+
+
+def json_safe(obj):
+    """`obj` with every non-finite float (NaN, ±Inf) as None, so `json.dumps(..., allow_nan=False)` gives strict
+    JSON (a bare NaN is not JSON, and strict parsers reject the whole document)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    return obj
 
 
 def prompt_length_check(n_tokens: int, max_positions: int, *, reserved: int = C.N_AUDIO_TOKENS,

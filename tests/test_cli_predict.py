@@ -55,8 +55,8 @@ def test_predict_text_output_and_bad_audio(ckpt, tmp_path):
     args = ["predict", str(good), str(bad), "--checkpoint", str(ckpt), "--llm",
             str(shared_path("golden", "respllm_tiny", "llm")), "--task", "S7"]
     r = CliRunner().invoke(main, args)
-    assert r.exit_code == 1  # one file failed: reported, the other still scored
-    assert "P(COPD) = " in r.output and "broken.wav: error:" in r.output
+    assert r.exit_code == 2  # one file failed: reported by its error's name, the other still scored
+    assert "P(COPD) = " in r.output and "broken.wav: error: UnreadableAudioError: " in r.output
     assert "Traceback" not in r.output
 
 

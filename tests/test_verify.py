@@ -107,9 +107,17 @@ def test_a_killed_run_resumes_where_it_stopped(setup, monkeypatch):
     assert _verify(setup, "b16", "r16").exit_code == 0
     again = cache.read_text().splitlines()
     assert again[:7] == lines[:7] and len(again) == 12 and all(json.loads(ln)["prob"] for ln in again)
-    assert sorted(again) == sorted(lines) and sorted(bundle_jsonl.read_text().splitlines()) == sorted(blines)
+
+    def probs(rows):  # rows re-scored in other batches agree with batch 1 within 1e-5 (Session.score_many)
+        return {r["key"]: r["prob"] for r in map(json.loads, rows)}
+
+    for got, want in ((again, lines), (bundle_jsonl.read_text().splitlines(), blines)):
+        got, want = probs(got), probs(want)
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-5 for k in want)
     rep = json.loads((d / "report.json").read_text())
-    assert rep["auroc_reference"] == first["auroc_reference"] and rep["abs_dp"] == first["abs_dp"]
+    for k in ("value", "ci95"):
+        assert rep["auroc_reference"][k] == pytest.approx(first["auroc_reference"][k], abs=1e-6)
+    assert rep["abs_dp"] == pytest.approx(first["abs_dp"], abs=2e-5)
 
 
 def test_threshold_calibration_is_stored_and_the_bundle_still_verifies(setup, tmp_path, monkeypatch):
