@@ -592,9 +592,10 @@ def score(data, task, bundle, checkpoint, out, as_json, engine, address, workers
     """Score every recording of a manifest once (one row per recording, written as produced, resumable)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .cohort import score_cohort, summary_line
+    from .cohort import results_format, score_cohort, summary_line
 
     check_engine_options(engine, address, workers, gpus_per_worker)
+    results_format(out)  # a bad --out fails before the progress bar, any hashing or loading
     if bundle and checkpoint:
         raise click.UsageError("give --bundle or --checkpoint, not both")
     if bundle and not os.path.isdir(bundle):

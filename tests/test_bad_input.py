@@ -547,7 +547,8 @@ def files(tmp_path_factory) -> dict:
                       ExportOptions(bits=16, encoder_variants=(), parity=False), say=lambda m: None, task="S7")
         return d / "bundle"
 
-    out: dict = LazyFiles({"tiny": tiny, "bundle": bundle}, dir=d, tiny_llm=shared_path("golden", "respllm_tiny", "llm"),
+    out: dict = LazyFiles({"tiny": tiny, "bundle": bundle}, dir=d,
+                          tiny_llm=shared_path("golden", "respllm_tiny", "llm"),
                           sprsound0=neg[0], sprsound1=neg[1], pos0=pos[0], pos1=pos[1], nobundle=d / "nobundle")
 
     def wav(name, y, sr=16000, subtype="PCM_16"):

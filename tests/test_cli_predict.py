@@ -84,3 +84,16 @@ def test_help_lists_options_as_a_user_needs_them(command):
         order = ["--input-device", "--file", "--hop", *order]
     pos = [text.index(f"  {o}") for o in order]
     assert pos == sorted(pos), text
+
+
+@pytest.mark.parametrize("command, order", [
+    ("score", ["--data", "--task", "--bundle", "--checkpoint", "--out", "--json", "--engine", "--address",
+               "--workers", "--gpus-per-worker"]),
+    ("verify", ["--data", "--task", "--bundle", "--reference", "--out", "--json", "--engine", "--address",
+                "--workers"]),
+])
+def test_cohort_options_follow_the_same_order(command, order):
+    """Input, task, model, output, then the expert (engine) options."""
+    text = CliRunner().invoke(main, [command, "--help"]).output
+    pos = [text.index(f"  {o}") for o in order]
+    assert pos == sorted(pos), text

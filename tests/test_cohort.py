@@ -226,3 +226,38 @@ def test_job_round_trips_through_a_row():
 
     j = Job("k", "/a.flac", "a.flac", "s" * 64, 1, "p", "Gender: F.", "m")
     assert job_from_dict({**asdict(j), "extra": 1}) == j
+
+
+def test_score_command_and_verify_bundle_side_through_cohort(local, manifest, tmp_path):
+    """`respi-edge score` writes the library's records (strict JSON summary); a re-run resumes. verify's bundle
+    side through cohort scoring (`CohortScorer`, what `verify --engine ray` uses; the Ray engine's numbers equal
+    the local ones above) gives each manifest row its own record, in manifest order."""
+    from click.testing import CliRunner
+
+    from respi_edge.runtime.cli import main
+    from respi_edge.runtime.cohort import CohortScorer
+    from respi_edge.runtime.manifest import read_manifest
+
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--data", str(manifest), "--out", str(out), "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+
+    def strict(c):
+        raise ValueError(c)
+
+    s = json.loads(r.stdout, parse_constant=strict)
+    assert (s["rows"], s["scored"], s["errors"], s["engine"]) == (N_GOOD + 1, N_GOOD + 1, 1, "local")
+    assert_same_scores(keyed(out), local)
+    again = json.loads(CliRunner().invoke(main, args).stdout)
+    assert (again["scored"], again["skipped"]) == (0, N_GOOD + 1)
+
+    m = read_manifest(manifest, require_both_classes=False)
+    scored = CohortScorer("local")(m, None, None, out)  # every row already in `out`: nothing is scored again
+    by_path = {r["path"]: r for r in local.values()}
+    assert [s.rel for s in scored] == [row.rel for row in m.rows]
+    for s_ in scored:
+        want = by_path[s_.rel]
+        assert (s_.prob is None) == (want["prob"] is None)
+        if want["prob"] is not None:
+            assert abs(s_.prob - want["prob"]) <= TOL
