@@ -75,13 +75,24 @@ def calibration_set(manifest: str, limit: int = CALIBRATION_SIZE) -> Calibration
 
 
 class DriftMeter:
-    """P(class 1) of a merged torch model on a calibration set, with the audio embeddings computed once."""
+    """P(class 1) of a merged torch model on a calibration set, with the audio embeddings computed once.
+
+    Rows sharing a DMS text share one prefix and are scored in batches of `api.BATCH_SIZE` (`score_batch`: each
+    row equals its batch-1 score within 1e-5); rows of different DMS are never batched together (§5.4)."""
 
     def __init__(self, model, prompt: str, cal: CalibrationSet):
+        from respi_edge.runtime.api import BATCH_SIZE
+
         self.model = model
         self.prompt_ids = model.tokenize(prompt)
-        self.emb = [model.embed_audio(torch.from_numpy(s)) for s in cal.specs]
-        self.dms_ids = [model.tokenize(d) for d in cal.dms]
+        self.batch_size = BATCH_SIZE
+        self.emb = torch.cat([model.embed_audio(torch.from_numpy(np.stack(cal.specs[i:i + BATCH_SIZE])))
+                              for i in range(0, len(cal.specs), BATCH_SIZE)]) if cal.specs else None
+        self.groups: dict[str, list[int]] = {}  # DMS text -> its rows, in manifest order
+        for i, d in enumerate(cal.dms):
+            self.groups.setdefault(d, []).append(i)
+        self.dms_ids = {d: model.tokenize(d) for d in self.groups}
+        self.n = len(cal.specs)
         self.linears = {n: m for n, m in model.llm.named_modules() if isinstance(m, torch.nn.Linear)}
         self.original = {n: m.weight.detach().clone() for n, m in self.linears.items()}
         # a layer's other tensors (its norms): a 16-bit entry stores them in fp16 too (export/llm_writer.py)
@@ -97,11 +108,15 @@ class DriftMeter:
 
     @torch.inference_mode()
     def probs(self) -> np.ndarray:
-        out = []
-        for emb, d in zip(self.emb, self.dms_ids):
-            pre = self.model.prefix(self.prompt_ids, d)
-            out.append(torch.softmax(self.model.score(pre, emb)[0].float(), -1)[1].item())
-        return np.array(out)
+        """P(class 1) of every row under the model's current state: one prefix per DMS, its rows in batches."""
+        out = np.zeros(self.n)
+        for d, rows in self.groups.items():
+            pre = self.model.prefix(self.prompt_ids, self.dms_ids[d])
+            for i in range(0, len(rows), self.batch_size):
+                idx = rows[i:i + self.batch_size]
+                logits = self.model.score_batch(pre, self.emb[idx])
+                out[idx] = torch.softmax(logits.float(), -1)[:, 1].double().cpu().numpy()
+        return out
 
     def _int8(self, name: str, w: torch.Tensor, make) -> torch.nn.Module:
         """The bundle's own 8-bit module for a tensor, from the exporter's bytes (built once)."""

@@ -6,8 +6,10 @@
     >>> s.score_file("recording.flac").prob           # P(class 1); a screening aid, not a diagnosis
 
 A Session fixes the task prompt and the patient's DMS text, so their keys/values are computed once and every
-window only runs the 64 audio tokens (prefix reuse). Scores are batch-1 per window, the reference's
-single-sample semantics (batched reference runs pad DMS texts and change results, REFERENCE.md §5.4).
+window only runs the 64 audio tokens (prefix reuse). Each score equals the reference's single-sample result
+(batched reference runs pad DMS texts and change results, REFERENCE.md §5.4): `score_many` / `score_files` batch
+windows of one Session only, all sharing its prompt + DMS prefix, so no padding ever happens and every row equals
+the window scored alone (within 1e-5).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from .prompts import Task, get_task, task_from_prompt
 
 ENGINES = ("torch", "torch-bnb", "onnx")  # torch: a checkpoint (reference computation); the others: bundles
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+BATCH_SIZE = 8  # windows per encoder + LLM pass in Session.score_many (memory grows linearly with it)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -176,6 +179,34 @@ class Session:
         if reuse_prefix:
             return self.model.score(self.prefix, self.model.embed_audio(spec))[0]
         return self.model.forward(spec, self.prompt_ids, self.dms_ids)[0]
+
+    def logits_many(self, specs, *, batch_size: int = BATCH_SIZE) -> list:
+        """Logits of many windows, `batch_size` at a time through the encoder and the LLM on this Session's prefix.
+
+        specs: spectrograms (256, 64) each, or an array (N, 256, 64). Row i equals `logits(specs[i])` within 1e-5."""
+        if batch_size < 1:
+            raise ModelError(f"batch size {batch_size}: give 1 or more windows per pass")
+        specs = [np.asarray(s, dtype=np.float32) for s in specs]
+        out: list = []
+        for i in range(0, len(specs), batch_size):
+            chunk = np.stack(specs[i:i + batch_size])
+            out.extend(self.model.score_batch(self.prefix, self.model.embed_audio(chunk)))
+        return out
+
+    def score_many(self, specs, sources: list[str] | None = None, *, batch_size: int = BATCH_SIZE
+                   ) -> list[Prediction]:
+        """Predictions of many windows of this patient and task, scored in batches (see `logits_many`)."""
+        specs = list(specs)
+        if sources is not None and len(sources) != len(specs):
+            raise ModelError(f"{len(sources)} sources for {len(specs)} spectrograms: give one source per window")
+        sources = sources if sources is not None else [f"<spectrogram {i}>" for i in range(len(specs))]
+        return [self.prediction(lg, src) for lg, src in zip(self.logits_many(specs, batch_size=batch_size), sources)]
+
+    def score_files(self, paths, *, batch_size: int = BATCH_SIZE) -> list[Prediction]:
+        """`score_file` of many files (first 8.18-s window each), scored in batches; a file that cannot be read
+        raises its AudioError before any window is scored."""
+        paths = [os.fspath(p) for p in paths]
+        return self.score_many([input_spectrogram(p) for p in paths], paths, batch_size=batch_size)
 
     def prediction(self, logits, source: str) -> Prediction:
         p = float(softmax(logits)[1])

@@ -10,10 +10,11 @@ for every window (`score`); `forward` is the plain full pass the reference does.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from . import contract
 from .checkpoint import HParams
 from .errors import CheckpointError, ModelError
 from .info import ModelInfo  # noqa: F401  (re-exported)
+from .kv_cache import output_cache, with_cache
 from .lora import LoraPair
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,18 @@ class PrefixState:
     length: int
     cache: object | None  # transformers Cache, None for an empty prefix
     embeds: torch.Tensor  # (1, length, d_llm), kept for the full-forward path and checks
+    tiled: dict = field(default_factory=dict, repr=False)  # batch size -> a copy of `cache` repeated over the batch
+
+    def batched(self, b: int):
+        """The prefix cache for a batch of `b` windows: batch 1 is `cache` itself; larger batches get a copy
+        repeated over the batch (built once per size, rewound after every use like `cache`)."""
+        if b == 1:
+            return self.cache
+        if b not in self.tiled:
+            c = copy.deepcopy(self.cache)
+            c.batch_repeat_interleave(b)
+            self.tiled[b] = c
+        return self.tiled[b]
 
 
 class FlattenHead(nn.Module):
@@ -95,18 +109,26 @@ class PrefixScorer:
         if emb.shape[1] == 0:
             return PrefixState(0, None, emb)
         out = self.llm(inputs_embeds=emb, use_cache=True)
-        return PrefixState(emb.shape[1], out.cache, emb)
+        return PrefixState(emb.shape[1], output_cache(out), emb)
 
     @torch.inference_mode()
     def score(self, prefix: PrefixState, audio_emb: torch.Tensor) -> torch.Tensor:
-        """Logits for one window's audio embeddings (1, 64, d_llm) on top of a cached prefix."""
+        """Logits (B, n_cls) of audio embeddings (B, 64, d_llm) on top of a cached prefix (B = 1: one window)."""
+        return self.score_batch(prefix, audio_emb)
+
+    @torch.inference_mode()
+    def score_batch(self, prefix: PrefixState, audio_emb: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_cls) of B windows sharing one prefix, in one LLM pass: the prefix keys/values repeated over
+        the batch. Every window still attends to [prompt][DMS][its own audio] only (no padding, no mask), so each
+        row equals that window scored alone (REFERENCE.md §5.4: only different DMS must never share a batch)."""
         if prefix.cache is None:
             out = self.llm(inputs_embeds=audio_emb, use_cache=False)
             return self.head_logits(out.last_hidden_state)
+        cache = prefix.batched(audio_emb.shape[0])
         try:
-            out = self.llm(inputs_embeds=audio_emb.to(prefix.embeds.dtype), cache=prefix.cache, use_cache=True)
+            out = self.llm(inputs_embeds=audio_emb.to(prefix.embeds.dtype), use_cache=True, **with_cache(cache))
         finally:
-            rewind(prefix.cache, prefix.length)  # the cache grows in place: cut it back for the next window
+            rewind(cache, prefix.length)  # the cache grows in place: cut it back for the next window
         return self.head_logits(out.last_hidden_state)
 
     @torch.inference_mode()

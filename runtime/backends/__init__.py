@@ -31,6 +31,11 @@ class Backend(Protocol):
     def score(self, prefix: Any, audio_emb: Any) -> Any:
         """Logits (B, n_cls) of audio embeddings on top of a prefix (the runtime's path)."""
 
+    def score_batch(self, prefix: Any, audio_emb: Any) -> Any:
+        """Logits (B, n_cls) of B windows sharing one prefix in one pass, the prefix keys/values repeated over the
+        batch: each row equals that window scored alone (within 1e-5). Windows of different prefixes (another
+        DMS) are never batched together: padding changes the reference's results (REFERENCE.md §5.4)."""
+
     def forward(self, spec: Any, prompt_ids: Any, dms_ids: Any) -> Any:
         """Logits (B, n_cls) of the full pass without prefix reuse (the reference's path)."""
 
