@@ -41,17 +41,30 @@ def base_llm_weights(base: BaseLLM) -> dict[str, torch.Tensor]:
 
 
 def encoder_from_checkpoint(ck: Checkpoint) -> nn.Module:
+    """The checkpoint's encoder; a compact checkpoint names a deterministic initialisation and may hold the
+    tensors it fine-tuned (e.g. the late stages), which replace the initialisation's."""
     from .encoder import extract_encoder_state, load_encoder
 
-    if ck.has_encoder_weights:
+    init = ck.meta.get("encoder_init")
+    if ck.has_encoder_weights and not init:
         state, _ = extract_encoder_state(ck.state, alpha=ck.hparams.enc_lora_alpha)
         return load_encoder(state)
-    init = ck.meta.get("encoder_init")
     if not init:
         raise CheckpointError(f"{ck.path}: holds no audio-encoder weights and names no encoder initialisation")
     from .builtin import synthetic_encoder_state
 
     state = synthetic_encoder_state(init)
+    if ck.has_encoder_weights:  # compact form with fine-tuned encoder tensors (fp16 allowed)
+        tuned = {k[len(ckpt.ENC_PREFIX):]: v for k, v in ck.state.items()
+                 if k.startswith(ckpt.ENC_PREFIX) and "lora_" not in k}
+        foreign = sorted(set(tuned) - set(state))
+        if foreign:
+            raise CheckpointError(f"{ck.path}: encoder tensors not in OPERA-CT, e.g. {foreign[0]!r}")
+        for k, v in tuned.items():
+            if tuple(v.shape) != tuple(state[k].shape):
+                raise CheckpointError(f"{ck.path}: encoder tensor {k} has shape {tuple(v.shape)}, "
+                                      f"expected {tuple(state[k].shape)}")
+            state[k] = v.to(state[k].dtype)
     enc_loras = ck.part(ckpt.ENC_PREFIX)
     if enc_loras:  # compact form with encoder LoRA: apply it to the synthetic base
         from .encoder import extract_encoder_state

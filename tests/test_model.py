@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -165,13 +167,19 @@ def test_installed_transformers_is_the_tested_cache_api():
     assert pin.specifier.contains(transformers.__version__), (
         f"transformers {transformers.__version__} is not the version respi-edge's prefix reuse is tested with "
         f"({pin}); run tests/test_model.py with it and widen the pin in pyproject.toml")
-    assert "cache" in inspect.signature(LlamaModel.forward).parameters
+    from respi_edge.runtime.kv_cache import cache_kw, output_cache, with_cache
+
+    assert cache_kw() in inspect.signature(LlamaModel.forward).parameters
     cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1, vocab_size=32)
-    with torch.inference_mode():
-        out = LlamaModel(cfg).eval()(inputs_embeds=torch.randn(1, 5, 16), use_cache=True)
-    assert isinstance(out.cache, DynamicCache) and len(out.cache.layers) == 2
-    assert all(layer.keys.shape[-2] == 5 and callable(layer.crop) for layer in out.cache.layers)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the argument name in use is not the deprecated one
+        model = LlamaModel(cfg).eval()
+        out = model(inputs_embeds=torch.randn(1, 5, 16), use_cache=True)
+        cache = output_cache(out)
+        model(inputs_embeds=torch.randn(1, 3, 16), use_cache=True, **with_cache(cache))
+    assert isinstance(cache, DynamicCache) and len(cache.layers) == 2
+    assert all(layer.keys.shape[-2] == 8 and callable(layer.crop) for layer in cache.layers)
 
 
 def test_prefix_reuse_raises_no_deprecation_warning(model, tiny_manifest, expected, caplog):

@@ -64,7 +64,7 @@ epochs: 2
 batch_size: 4
 lr: 0.001
 val_fraction: 0.25
-bf16: false
+precision: fp32
 """)
     return recipe
 
@@ -146,7 +146,7 @@ def test_recipe_errors(tmp_path, small_manifests):
     bad.write_text("tasks: []\nfoo: 1\n")
     with pytest.raises(RecipeError, match="unknown recipe keys"):
         load_recipe(bad)
-    assert load_recipe(small_manifests, ["epochs=7", "bf16=true"]).epochs == 7
+    assert load_recipe(small_manifests, ["epochs=7", "precision=bf16"]).epochs == 7
 
 
 def test_shipped_demo_recipe_parses():

@@ -19,6 +19,8 @@ class TaskData:
     task: str
     train: str  # manifest CSV
     test: str | None = None
+    holdout: str | None = None  # split manifest (rows of `train`): its patients are never fitted, only scored
+    events: str | None = None  # events.csv (path,start_ms,end_ms,type): where the adventitious sounds are
 
 
 @dataclass
@@ -27,7 +29,16 @@ class Recipe:
     tasks: list[TaskData] = field(default_factory=list)
     base_llm: str = "smollm2-135m-instruct"
     encoder: str = "builtin"  # 'builtin' = the deterministic OPERA-CT init (configs/encoder_init.json)
-    encoder_mode: str = "frozen"  # frozen (tokens cached) — the reference default
+    encoder_mode: str = "frozen"  # frozen (tokens cached) — the reference default — or finetune
+    encoder_cut: int = 3  # finetune: stages [0, cut) stay the initialisation (cached), [cut, 4) + norm train
+    encoder_views: int = 3  # finetune: cached views per recording (view 0 = the scoring input)
+    encoder_epochs: int = 20
+    encoder_lr: float = 3e-4
+    encoder_batch_size: int = 32
+    encoder_mixup: float = 0.5
+    encoder_drop_path: float = 0.1
+    encoder_patience: int = 5
+    llm_views: bool = True  # finetune: the LLM trains on every cached view's tokens (one drawn per epoch)
     lr: float = 1e-4  # REFERENCE.md §3.3
     epochs: int = 3
     batch_size: int = 16
@@ -36,7 +47,7 @@ class Recipe:
     patience: int = 2
     min_delta: float = 0.01
     balance: str = "downsample"  # downsample | none: per epoch, negatives drawn to match the positives
-    bf16: bool = True  # autocast the LLM in training (weights stay fp32; evaluation is fp32)
+    precision: str = "auto"  # auto | fp32 | bf16: LLM autocast in training (weights and evaluation stay fp32)
     lora_r: int = 16
     lora_alpha: float = 32
     lora_dropout: float = 0.1
@@ -91,9 +102,17 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
         setattr(r, key, _coerce(value, getattr(r, key)))
     if not r.tasks:
         raise RecipeError(f"{p}: no tasks")
+    if r.precision not in ("auto", "fp32", "bf16"):
+        raise RecipeError(f"{p}: precision must be auto, fp32 or bf16, not {r.precision!r}")
+    if r.encoder_mode not in ("frozen", "finetune"):
+        raise RecipeError(f"{p}: encoder_mode must be frozen or finetune, not {r.encoder_mode!r}")
+    if not 0 <= r.encoder_cut <= 4 or r.encoder_views < 1:
+        raise RecipeError(f"{p}: encoder_cut must be 0..4 and encoder_views ≥ 1")
     data_root = os.environ.get("RESPI_EDGE_DATA")
     for t in r.tasks:
-        for attr in ("train", "test"):
+        if t.holdout and not os.path.isabs(t.holdout):  # shipped with the recipe: relative to its folder
+            t.holdout = str((p.parent / os.path.expandvars(t.holdout)).resolve())
+        for attr in ("train", "test", "events"):
             v = getattr(t, attr)
             if v:
                 v = os.path.expandvars(v)

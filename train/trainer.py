@@ -6,14 +6,18 @@ repeated over the batch; the DMS + audio part runs per sample. Batches are group
 padding is ever needed and every sample is computed exactly as batch-1 inference computes it (the reference
 pads DMS texts with attended EOS tokens, REFERENCE.md §5.4). Differences from the reference, all deliberate:
 tokens come from the encoder in eval mode (the reference leaves its frozen encoder's drop-path active), LoRA
-dropout on the shared prompt pass is shared by the batch, and the LLM runs under bf16 autocast when asked.
+dropout on the shared prompt pass is shared by the batch, and the LLM runs under bf16 autocast only where the
+CPU runs bf16 natively (`precision.py`). With a fine-tuned encoder, an example may carry several augmented
+views' tokens, one drawn per epoch; validation and test always use view 0, the scoring input.
 """
 from __future__ import annotations
 
 import math
 import random
 import time
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,21 +29,24 @@ from respi_edge.runtime.builtin import encoder_init, synthetic_encoder_state
 from respi_edge.runtime.checkpoint import HParams
 from respi_edge.runtime.dms import dms_from_row
 from respi_edge.runtime.encoder import load_encoder
+from respi_edge.runtime.kv_cache import output_cache, with_cache
 from respi_edge.runtime.llm import load_config, load_tokenizer, resolve_llm
 from respi_edge.runtime.manifest import Manifest, Row, read_manifest
 from respi_edge.runtime.model import FlattenHead, ModelInfo, RespLLM
 from respi_edge.runtime.prompts import get_task
 
 from .recipe import Recipe
+from .splits import patient_split
 from .token_cache import TokenCache
 
 
 @dataclass
 class Example:
-    tokens: torch.Tensor  # (64, 768) encoder tokens
+    tokens: torch.Tensor  # (64, 768) encoder tokens of view 0 (the first window: what scoring sees)
     dms_ids: torch.Tensor  # (D,)
     label: int
     patient: str
+    views: list[torch.Tensor] = field(default_factory=list)  # augmented views' tokens (training only)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class TaskSet:
     train: list[Example]
     val: list[Example]
     test: list[Example] = field(default_factory=list)
+    holdout: list[Example] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,8 +76,10 @@ def build_model(recipe: Recipe, llm_path: str | None = None) -> RespLLM:
         llm = AutoModel.from_pretrained(base.path, dtype=torch.float32)
     else:  # a config-only folder (tests): random base weights from the seed
         llm = AutoModel.from_config(config, dtype=torch.float32)
-    llm = get_peft_model(llm, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
-                                         lora_dropout=recipe.lora_dropout, target_modules=list(recipe.lora_targets)))
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        llm = get_peft_model(llm, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                                             lora_dropout=recipe.lora_dropout, target_modules=list(recipe.lora_targets)))
     d_llm = config.hidden_size
     if recipe.encoder != "builtin":
         raise ValueError("only the built-in deterministic encoder initialisation is supported for training")
@@ -98,10 +108,10 @@ def batch_logits(model: RespLLM, prompt_ids: torch.Tensor, dms_ids: torch.Tensor
         emb = model.llm.get_input_embeddings()
         cache = None
         if prompt_ids.shape[1]:
-            cache = model.llm(inputs_embeds=emb(prompt_ids), use_cache=True).past_key_values
+            cache = output_cache(model.llm(inputs_embeds=emb(prompt_ids), use_cache=True))
             cache.batch_repeat_interleave(b)
         x = torch.cat([emb(dms_ids), audio.float()], dim=1)
-        out = model.llm(inputs_embeds=x, past_key_values=cache, use_cache=cache is not None)
+        out = model.llm(inputs_embeds=x, use_cache=cache is not None, **with_cache(cache))
         h = out.last_hidden_state
     hp = model.hparams
     feats = h[:, -hp.patch_nums:, : hp.d_ff].permute(0, 2, 1).float()
@@ -121,8 +131,15 @@ def buckets(examples: list[Example], batch_size: int, rng: random.Random) -> lis
     return out
 
 
-def collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.stack([e.dms_ids for e in batch]).long(), torch.stack([e.tokens for e in batch]),
+def collate(batch: list[Example], rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(DMS ids, tokens, labels); with `rng`, each example's tokens are drawn from view 0 and its views."""
+    def tokens(e: Example) -> torch.Tensor:
+        if rng is None or not e.views:
+            return e.tokens
+        k = rng.randrange(len(e.views) + 1)
+        return e.tokens if k == 0 else e.views[k - 1]
+
+    return (torch.stack([e.dms_ids for e in batch]).long(), torch.stack([tokens(e).float() for e in batch]),
             torch.tensor([e.label for e in batch]))
 
 
@@ -148,12 +165,7 @@ def predict_examples(model: RespLLM, prompt_ids: torch.Tensor, examples: list[Ex
 
 def split_patients(manifest: Manifest, fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
     """Patient-grouped, label-stratified validation split."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    n_splits = max(2, round(1 / fraction))
-    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    tr, va = next(sgkf.split(np.zeros(len(manifest)), manifest.labels, manifest.patients))
-    return [manifest.rows[i] for i in tr], [manifest.rows[i] for i in va]
+    return patient_split(manifest.rows, fraction, seed)
 
 
 @dataclass
@@ -164,7 +176,7 @@ class History:
     seconds: float = 0.0
 
 
-def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None) -> History:
+def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None, *, bf16: bool = False) -> History:
     """The training loop: per-step task choice weighted by batch count, early stopping on validation loss."""
     rng = random.Random(recipe.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -191,8 +203,8 @@ def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None) ->
             names = [k for k, v in plans.items() if v]
             name = rng.choices(names, weights=[len(plans[k]) for k in names])[0]
             s = next(x for x in sets if x.task == name)
-            dms, tok, y = collate(plans[name].pop())
-            logits = batch_logits(model, s.prompt_ids, dms, tok, bf16=recipe.bf16)
+            dms, tok, y = collate(plans[name].pop(), rng)
+            logits = batch_logits(model, s.prompt_ids, dms, tok, bf16=bf16)
             loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad()
             loss.backward()
@@ -248,12 +260,31 @@ def load_trained_state(model: RespLLM, state: dict[str, torch.Tensor]) -> None:
     assert not missing.unexpected_keys, missing.unexpected_keys
 
 
-def prepare(model: RespLLM, recipe: Recipe, cache: TokenCache, progress=None) -> list[TaskSet]:
-    """Manifests → cached encoder tokens, DMS ids; patient-grouped validation split."""
-    sets = []
+@dataclass
+class TaskRows:
+    """One task's recordings: fitted (train), early stopping (val), scored only (test, holdout)."""
+    task: str
+    train: list[Row]
+    val: list[Row]
+    test: list[Row] = field(default_factory=list)
+    holdout: list[Row] = field(default_factory=list)
+
+    @property
+    def fitted(self) -> list[Row]:
+        return self.train + self.val
+
+
+def task_rows(recipe: Recipe) -> list[TaskRows]:
+    """Per task: the holdout patients removed first, then a patient-grouped validation split of the rest."""
+    out = []
     for td in recipe.tasks:
-        task = get_task(td.task)
         man = read_manifest(td.train)
+        held: list[Row] = []
+        if td.holdout:
+            from .splits import apply_holdout
+
+            kept, held = apply_holdout(man, td.holdout)
+            man = Manifest(man.path, kept)
         rows_tr, rows_va = split_patients(man, recipe.val_fraction, recipe.seed)
         if recipe.max_train:
             rows_tr = rows_tr[:recipe.max_train]
@@ -263,15 +294,35 @@ def prepare(model: RespLLM, recipe: Recipe, cache: TokenCache, progress=None) ->
             rows_te = read_manifest(td.test).rows
             if recipe.max_test:
                 rows_te = rows_te[:recipe.max_test]
-        all_rows = rows_tr + rows_va + rows_te
-        pid = progress.add_task(f"encoder tokens ({td.task})", total=len(all_rows)) if progress else None
+                held = held[:recipe.max_test]
+        out.append(TaskRows(td.task, rows_tr, rows_va, rows_te, held))
+    return out
 
-        def ex(row: Row) -> Example:
-            e = Example(cache.get(row), model.tokenize(dms_from_row(row.dms))[0], row.label, row.patient)
+
+TokensFn = Callable[[Row, bool], tuple[torch.Tensor, list[torch.Tensor]]]
+
+
+def cached_tokens(cache: TokenCache) -> TokensFn:
+    """Frozen encoder: view 0 only, from the token cache."""
+    return lambda row, views: (cache.get(row), [])
+
+
+def prepare(model: RespLLM, recipe: Recipe, rows: list[TaskRows], tokens: TokensFn,
+            progress=None) -> list[TaskSet]:
+    """Rows → encoder tokens (augmented views for training rows when available) and DMS ids."""
+    sets = []
+    for tr in rows:
+        task = get_task(tr.task)
+        n = len(tr.train) + len(tr.val) + len(tr.test) + len(tr.holdout)
+        pid = progress.add_task(f"encoder tokens ({tr.task})", total=n) if progress else None
+
+        def ex(row: Row, views: bool = False) -> Example:
+            tok, vs = tokens(row, views)
+            e = Example(tok, model.tokenize(dms_from_row(row.dms))[0], row.label, row.patient, vs)
             if progress:
                 progress.update(pid, advance=1)
             return e
 
-        sets.append(TaskSet(td.task, model.tokenize(task.prompt), [ex(r) for r in rows_tr], [ex(r) for r in rows_va],
-                            [ex(r) for r in rows_te]))
+        sets.append(TaskSet(tr.task, model.tokenize(task.prompt), [ex(r, True) for r in tr.train],
+                            [ex(r) for r in tr.val], [ex(r) for r in tr.test], [ex(r) for r in tr.holdout]))
     return sets
