@@ -17,15 +17,14 @@ from pathlib import Path
 
 from respi_edge.runtime import atomic
 from respi_edge.runtime.dms import MANIFEST_FIELDS
-from respi_edge.runtime.manifest import Row, read_manifest
+from respi_edge.runtime.manifest import Row
 from respi_edge.train.recipe import load_recipe
-from respi_edge.train.trainer import split_patients
+from respi_edge.train.trainer import task_rows
 
 
 def validation_rows(recipe_path: str, task_index: int = 0) -> list[Row]:
-    recipe = load_recipe(recipe_path)
-    _, rows_va = split_patients(read_manifest(recipe.tasks[task_index].train), recipe.val_fraction, recipe.seed)
-    return rows_va
+    """The trainer's own validation rows (after its holdout patients are removed), from its own function."""
+    return task_rows(load_recipe(recipe_path))[task_index].val
 
 
 def write_manifest(rows: list[Row], out: str | os.PathLike) -> Path:
