@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from respi_edge.runtime import atomic
+from respi_edge.runtime.kv_cache import output_cache, with_cache
 
 try:  # the torch-free edge install times ONNX bundles without torch
     import torch
@@ -51,13 +52,53 @@ DEVICES = {
     "RTX 3090": (936, 71), "RTX 3060": (360, 51), "Orin": (204.8, 42),  # Jetson AGX Orin 64GB
 }
 PROMPT_TOKENS, DMS_TOKENS, AUDIO_TOKENS = 97, 17, 64  # the demo task's prompt, a typical SPRSound DMS
+BATCH = 8  # windows per batched pass (api.BATCH_SIZE)
+LEGACY = ", past fed per call"  # suffix of the ONNX engine's issue-14 path, timed beside the bound-past path
 DEMO_DMS = "Gender: M. Age: 7.2. Record location: right posterior chest."
 
 
-def percentiles(xs: list[float]) -> dict:
+def percentiles(xs: list[float], cpu: list[float] | None = None) -> dict:
+    """Wall-time percentiles (ms); with `cpu`, the process CPU time of the same calls too (all threads): on a shared
+    machine wall time follows the load, CPU time much less, so ratios of CPU time compare runs made minutes apart."""
     a = np.array(xs) * 1000
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": len(a)}
+    out = {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+           "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": len(a)}
+    if cpu:
+        c = np.array(cpu) * 1000
+        out.update({"cpu_p50": float(np.percentile(c, 50)), "cpu_p95": float(np.percentile(c, 95))})
+    return out
+
+
+class Clock:
+    """Times calls in wall and process CPU time; `interleaved` alternates two variants call by call, so a load change
+    on a shared machine hits both alike."""
+
+    def __init__(self, sync: Callable[[], None]):
+        self.sync = sync
+
+    def one(self, fn: Callable[[], object]) -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        self.sync()
+        return time.perf_counter() - t, time.process_time() - c
+
+    def timed(self, fn: Callable[[], object], repeat: int, warmup: int, per: int = 1) -> dict:
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        w, c = zip(*(self.one(fn) for _ in range(repeat)))
+        return percentiles([x / per for x in w], [x / per for x in c])
+
+    def interleaved(self, a: Callable[[], object], b: Callable[[], object], repeat: int, warmup: int
+                    ) -> tuple[dict, dict]:
+        for _ in range(warmup):
+            a(), b()
+        self.sync()
+        ra, rb = [], []
+        for _ in range(repeat):
+            ra.append(self.one(a))
+            rb.append(self.one(b))
+        return tuple(percentiles([x[0] for x in r], [x[1] for x in r]) for r in (ra, rb))
 
 
 def timed(fn: Callable[[], object], repeat: int, warmup: int, sync: Callable[[], None]) -> list[float]:
@@ -89,11 +130,14 @@ def cpu_bandwidth_gbs() -> float:
 
 @functools.lru_cache(maxsize=1)
 def cpu_matmul_tflops() -> float | None:
-    """Measured fp32 matmul throughput (2048², best of 5) on torch's threads: the CPU's practical compute peak."""
+    """Measured fp32 matmul throughput (2048², best of 5) on torch's threads (numpy's BLAS without torch): the
+    CPU's practical compute peak."""
     if torch is None:
-        return None
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    best = min(timed(lambda: torch.mm(a, b), 5, 1, lambda: None))
+        a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+        best = min(timed(lambda: a @ a, 5, 1, lambda: None))
+    else:
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        best = min(timed(lambda: torch.mm(a, b), 5, 1, lambda: None))
     return 2 * 2048**3 / best / 1e12
 
 
@@ -144,6 +188,29 @@ def llm_flops(llm, tokens: int) -> float:
     return 2.0 * n * tokens
 
 
+def onnx_trunk_stats(path: Path) -> tuple[int, int] | None:
+    """(bytes of the weights a window streams, multiply-adds per token) of an ONNX trunk: MatMulNBits packed
+    weights + scales and plain MatMul initializers (needs the onnx package; None without it)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return None
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    nbytes = macs = 0
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            a = {x.name: x.i for x in n.attribute}
+            macs += a["K"] * a["N"]
+            nbytes += sum(numpy_helper.to_array(inits[x]).nbytes for x in n.input[1:] if x in inits)
+        elif n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]])
+            macs += int(np.prod(w.shape))
+            nbytes += w.nbytes
+    return nbytes, macs
+
+
 def _sync(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -163,18 +230,38 @@ def bench_model(model, audio_file: str, *, repeat: int, warmup: int, device: str
     h = np.random.default_rng(0).standard_normal((1, AUDIO_TOKENS, emb.shape[-1]), dtype=np.float32)
     if not isinstance(emb, np.ndarray):  # hidden states of the backend's kind, device and dtype
         h = torch.from_numpy(h).to(emb.device)
+    clock = Clock(sync)
     stages = {
-        "front end": timed(lambda: audio_fe.spectrogram(audio_file), repeat, warmup, sync),
-        "encoder": timed(lambda: model.embed_audio(t_spec), repeat, warmup, sync),
-        "prefix (once per session)": timed(lambda: model.prefix(s.prompt_ids, s.dms_ids), max(3, repeat // 4), 1,
-                                           sync),
-        "LLM+head, prefix reuse": timed(lambda: model.score(pre, emb), repeat, warmup, sync),
-        "LLM+head, no reuse": timed(lambda: model.score(model.prefix(s.prompt_ids, s.dms_ids), emb), repeat,
-                                    warmup, sync),
-        "head": timed(lambda: model.head_logits(h), repeat, warmup, sync),
-        "end to end": timed(lambda: s.score_file(audio_file), repeat, warmup, sync),
+        "front end": clock.timed(lambda: audio_fe.spectrogram(audio_file), repeat, warmup),
+        "encoder": clock.timed(lambda: model.embed_audio(t_spec), repeat, warmup),
+        "prefix (once per session)": clock.timed(lambda: model.prefix(s.prompt_ids, s.dms_ids), max(3, repeat // 4), 1),
+        "LLM+head, prefix reuse": clock.timed(lambda: model.score(pre, emb), repeat, warmup),
+        "LLM+head, no reuse": clock.timed(lambda: model.score(model.prefix(s.prompt_ids, s.dms_ids), emb), repeat,
+                                          warmup),
+        "head": clock.timed(lambda: model.head_logits(h), repeat, warmup),
+        "end to end": clock.timed(lambda: s.score_file(audio_file), repeat, warmup),
     }
-    return {k: percentiles(v) for k, v in stages.items()}
+    # batched windows of one Session (Session.score_many): time per window of a batch of BATCH
+    batch = np.stack([spec] * BATCH)
+    emb_b = model.embed_audio(batch if isinstance(emb, np.ndarray) else torch.from_numpy(batch))
+    stages[f"LLM+head, prefix reuse, batch {BATCH} (per window)"] = clock.timed(
+        lambda: model.score_batch(pre, emb_b), max(3, repeat // 2), 1, per=BATCH)
+    stages[f"end to end, batch {BATCH} (per window)"] = clock.timed(
+        lambda: s.score_files([audio_file] * BATCH, batch_size=BATCH), max(3, repeat // 2), 1, per=BATCH)
+    if getattr(model, "bind_past", None) is True:  # the ONNX engine: the issue-14 path (past fed per call) interleaved
+        def legacy(fn):
+            def run():
+                model.bind_past = False
+                try:
+                    fn()
+                finally:
+                    model.bind_past = True
+            return run
+
+        for stage, fn in (("LLM+head, prefix reuse", lambda: model.score(pre, emb)),
+                          ("end to end", lambda: s.score_file(audio_file))):
+            stages[stage], stages[stage + LEGACY] = clock.interleaved(fn, legacy(fn), repeat, warmup)
+    return stages
 
 
 def build_synthetic(name: str, bits: int, device: str, quant: str | None = None):
@@ -221,10 +308,10 @@ def bench_synthetic(name: str, bits: int, *, repeat: int, warmup: int, device: s
     n = PROMPT_TOKENS + DMS_TOKENS
 
     with torch.inference_mode():
-        cache = llm(inputs_embeds=prefix, use_cache=True).cache
+        cache = output_cache(llm(inputs_embeds=prefix, use_cache=True))
 
         def reuse():
-            llm(inputs_embeds=audio, cache=cache, use_cache=True)
+            llm(inputs_embeds=audio, use_cache=True, **with_cache(cache))
             rewind(cache, n)
 
         stages = {
@@ -266,11 +353,14 @@ def bench_target(target: str | None, kind: str, audio_file: str, *, repeat: int,
         man = read_manifest(target, verify_hashes=False)  # verified by the load
         q = man["quantization"]
         bits, quant = q["bits"], q["quant"]
-        label = f"{Path(target).name} ({man.get('backend')} {bits}-bit {quant})"
+        tuning = man.get("tuning") or {}
+        tuned = ", ".join(f"{k}={v}" for k, v in tuning.items() if k != "from")
+        label = f"{Path(target).name} ({man.get('backend')} {bits}-bit {quant}{'; ' + tuned if tuned else ''})"
         size = sum(f["bytes"] for f in man["files"].values())
+        trunk = (Path(target) / man["onnx_llm"]["trunk"]) if man.get("backend") == "onnx" else None
     else:
         model = api.load(target)  # a checkpoint runs on the CPU
-        bits, quant, label, size = 32, "fp32", f"reference fp32 ({model.info.name})", None
+        bits, quant, label, size, trunk = 32, "fp32", f"reference fp32 ({model.info.name})", None, None
     load_s = time.perf_counter() - t0
     api.Session(model, dms=DEMO_DMS).score_file(audio_file)
     cold = time.time() - t_start
@@ -287,8 +377,13 @@ def bench_target(target: str | None, kind: str, audio_file: str, *, repeat: int,
                                           "LLM+head, no reuse": PROMPT_TOKENS + DMS_TOKENS + AUDIO_TOKENS}}
     if dev == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out["tokens"].update({f"LLM+head, prefix reuse{LEGACY}": AUDIO_TOKENS,
+                          f"LLM+head, prefix reuse, batch {BATCH} (per window)": AUDIO_TOKENS})
     if wb:
         out["roofline"] = {k: roofline(wb, llm_flops(llm, t), dev, name_dev) for k, t in out["tokens"].items()}
+    elif trunk is not None and (st := onnx_trunk_stats(trunk)):  # the ONNX trunk: its packed weights, its MACs
+        out["weight_bytes"] = st[0]
+        out["roofline"] = {k: roofline(st[0], 2.0 * st[1] * t, dev, name_dev) for k, t in out["tokens"].items()}
     return out
 
 
@@ -324,15 +419,18 @@ def _floor(r: dict, stage: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """llama-bench-like table (one line per model × stage, tokens/s for LLM stages) + a resources table."""
-    lines = ["| model | bits | device | threads | stage | p50 ms | p95 ms | p99 ms | max ms | t/s | floor ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | bits | device | threads | stage | p50 ms | p95 ms | p99 ms | max ms | CPU p50 ms | t/s | "
+             "floor ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for stage, p in r["stages"].items():
             tok = (r.get("tokens") or {}).get(stage)
             tps = f"{tok / p['p50'] * 1000:.0f}" if tok else ""
+            cpu = f"{p['cpu_p50']:.1f}" if "cpu_p50" in p else ""
             lines.append(f"| {r['model']} | {r['bits']} ({r.get('quant', '')}) | {r['device']} | "
                          f"{r.get('threads', '')} | {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | "
-                         f"{p['max']:.1f} | {tps} | {_floor(r, stage)} |")
+                         f"{p['max']:.1f} | {cpu} | {tps} | {_floor(r, stage)} |")
+    lines += ratios(rows)
     lines += ["", "| model | bits | compute | load s | cold start s (first window) | peak RSS MB | peak GPU MB | "
                   "LLM weights MB | bundle MB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -343,6 +441,33 @@ def markdown(rows: list[dict]) -> str:
                      f"{cold} | {r['peak_rss_mb']:.0f} | {gpu} | {mb(r.get('weight_bytes'))} | "
                      f"{mb(r.get('bundle_bytes'))} |")
     return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """new/old of every later row against the first (today's) row, measured in this run: a stage is compared with
+    the first row's issue-14 path of that stage where it was timed (", past fed per call"), else the same stage."""
+    bundles = [r for r in rows if r.get("kind") == "bundle"]
+    if len(bundles) < 2:
+        return []
+    base = bundles[0]
+    lines = ["", f"new/old, measured in this run against `{base['model']}` (its issue-14 path where timed):", "",
+             "| model | stage | old p50 ms | new p50 ms | p50 new/old | old p95 ms | new p95 ms | p95 new/old | "
+             "CPU p50 new/old | new p50 / floor |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in bundles[1:]:
+        for stage, p in r["stages"].items():
+            if stage.endswith(LEGACY):
+                continue
+            old = base["stages"].get(stage + LEGACY) or base["stages"].get(stage)
+            if old is None:
+                continue
+            rf = (r.get("roofline") or {}).get(stage)
+            floor = max(rf["memory_floor_ms"], rf.get("compute_floor_ms", 0.0)) if rf else None
+            cpu = f"{p['cpu_p50'] / old['cpu_p50']:.2f}" if old.get("cpu_p50") and p.get("cpu_p50") else ""
+            ratio = lambda a, b: f"{a / b:.2f}" if b else ""  # noqa: E731
+            lines.append(f"| {r['model']} | {stage} | {old['p50']:.1f} | {p['p50']:.1f} | "
+                         f"{ratio(p['p50'], old['p50'])} | {old['p95']:.1f} | {p['p95']:.1f} | "
+                         f"{ratio(p['p95'], old['p95'])} | {cpu} | {ratio(p['p50'], floor or 0)} |")
+    return lines
 
 
 def write_results(rows: list[dict], out: str | None, command: str, note: str | None = None) -> None:

@@ -56,6 +56,22 @@ def export_int8(src: Path, dst: Path) -> None:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
+def optimize(src: Path, dst: Path, level: str = "extended") -> None:
+    """The graph ONNX Runtime would build at load time, optimised offline and saved (constant folding, GELU /
+    LayerNorm / MatMul+Add fusions): a session then loads it without redoing the work. "extended" fusions are
+    portable across CPUs; "all" adds layout transforms for this CPU only (onnxruntime warns not to ship them)."""
+    from respi_edge.runtime.backends.onnx_audio import ort
+
+    o = ort()
+    so = o.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = {"basic": o.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": o.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": o.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    so.optimized_model_filepath = str(dst)
+    o.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+
+
 def run_onnx(path: Path, spec: np.ndarray) -> np.ndarray:
     from respi_edge.runtime.backends.onnx_audio import OnnxAudio
 

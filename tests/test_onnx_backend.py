@@ -98,3 +98,29 @@ def test_torch_free_environment_screens_predicts_verifies_and_benches(edge_pytho
     assert json.loads(r.stdout)["n"] == 6 and (d / "verify" / "roc.png").is_file()
     r = _run(edge_python, "bench", "latency", "--bundle", str(b[4]), "--repeat", "2", "--warmup", "1")
     assert r.returncode == 0 and "LLM+head, prefix reuse" in r.stdout and "end to end" in r.stdout, r.stderr
+
+
+def test_retuned_bundle_int8_compute_and_optimised_encoder(tiny, tmp_path):
+    """The faster CPU graph (issue 15): MatMulNBits at accuracy level 4 and the encoder optimised offline give a
+    sealed bundle with the same weights; the encoder is unchanged within fp32 rounding and the trunk within the
+    int8 activation rounding; refused for a bundle that is not ONNX or a folder that exists."""
+    from respi_edge.export.onnx_llm import accuracy_level_of, retune_bundle
+    from respi_edge.runtime.bundle import verify
+    from respi_edge.runtime.errors import BundleError
+
+    _, _, b, _ = tiny
+    out = tmp_path / "fast"
+    man = retune_bundle(b[4], out, accuracy_level=4, say=lambda m: None)
+    assert man["tuning"]["matmulnbits_accuracy_level"] == 4 and verify(out)[1].ok
+    assert accuracy_level_of(b[4] / man["onnx_llm"]["trunk"]) == 0
+    assert accuracy_level_of(out / man["onnx_llm"]["trunk"]) == 4
+    old, new = load_bundle(b[4]), load_bundle(out)
+    exp = np.load(shared_path("golden", "respllm_tiny", "expected.npz"))
+    spec = np.stack([exp["c2_S7_full/spec"], exp["c1_S1_full/spec"]])
+    assert np.abs(new.embed_audio(spec) - old.embed_audio(spec)).max() < 1e-4
+    pre_old = old.prefix(old.tokenize("Is it normal?"), old.tokenize("Gender: F."))
+    pre_new = new.prefix(new.tokenize("Is it normal?"), new.tokenize("Gender: F."))
+    a, c = old.score(pre_old, old.embed_audio(spec)), new.score(pre_new, new.embed_audio(spec))
+    assert 0 < np.abs(a - c).max() < 0.05  # int8 activations: close, not identical
+    with pytest.raises(BundleError, match="exists"):
+        retune_bundle(b[4], out, say=lambda m: None)
