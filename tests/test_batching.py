@@ -28,14 +28,13 @@ def golden():
 
 @pytest.fixture(scope="module")
 def specs(golden):
-    """The golden cases' spectrograms, then real SPRSound recordings' first windows (7 windows: batches of 3
+    """Two golden cases' spectrograms, then three real SPRSound recordings' first windows (5 windows: batches of 3
     leave a ragged last batch)."""
     cases, exp = golden
-    out = [exp[f"{c['case']}/spec"] for c in cases]
+    out = [exp[f"{c['case']}/spec"] for c in cases[:2]]
     data = shared_path("data", "sprsound2022")
-    rows = [ln.split(",")[0] for ln in (data / "test_intra.csv").read_text().splitlines()[1:6]]
-    out += [spectrogram(str(data / r)) for r in rows]
-    return out[:7]
+    rows = [ln.split(",")[0] for ln in (data / "test_intra.csv").read_text().splitlines()[1:4]]
+    return out + [spectrogram(str(data / r)) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +62,10 @@ def test_batched_windows_equal_batch_one(engines, golden, specs, engine):
     for c in [c for c in cases if c["case"] in ("c2_S7_full", "c3_T6_partial", "c4_composed_empty")]:
         s = api.Session(model, prompt=c["prompt"], dms=c["dms"])
         single = one_by_one(s, specs)
-        batched = np.stack([api.to_numpy(x) for x in s.logits_many(specs, batch_size=3)])  # 3 + 3 + 1 windows
+        batched = np.stack([api.to_numpy(x) for x in s.logits_many(specs, batch_size=3)])  # 3 + 2 windows
         assert batched.shape == single.shape
         assert np.abs(batched - single).max() < TOL, (engine, c["case"], np.abs(batched - single).max())
-        preds = s.score_many(specs)  # one batch of 7
+        preds = s.score_many(specs)  # one batch of 5
         assert [p.prob for p in preds] == pytest.approx([float(api.softmax(x)[1]) for x in single], abs=TOL)
 
 
@@ -117,10 +116,10 @@ def test_batches_of_one_session_never_mix_prefixes(engines, specs):
     a = api.Session(model, "S7", dms="Gender: F. Age: 9.7.")
     b = api.Session(model, "S7", dms="Gender: M. Age: 14.7. Record location: left posterior chest.")
     before = one_by_one(b, specs[:2])
-    a.logits_many(specs, batch_size=4)
+    a.logits_many(specs, batch_size=3)
     assert np.abs(one_by_one(b, specs[:2]) - before).max() == 0
     assert all(layer.keys.shape[-2] == a.prefix.length for c in a.prefix.tiled.values() for layer in c.layers)
-    assert all(layer.keys.shape[0] == 4 for layer in a.prefix.tiled[4].layers)
+    assert all(layer.keys.shape[0] == 3 for layer in a.prefix.tiled[3].layers)
     assert not np.allclose(one_by_one(a, specs[:1]), one_by_one(b, specs[:1]))  # the DMS does matter
 
 
@@ -140,7 +139,7 @@ def test_drift_meter_groups_rows_by_dms(engines, specs):
     from respi_edge.calibration.sensitivity import CalibrationSet, DriftMeter
 
     model = engines["torch"]
-    dms = ["Gender: F.", "Gender: M. Age: 7.", "Gender: F.", "Gender: M. Age: 7.", "Gender: F.", "", ""]
+    dms = ["Gender: F.", "Gender: M. Age: 7.", "Gender: F.", "", "Gender: F."]
     meter = DriftMeter(model, "Is this recording normal?", CalibrationSet(list(specs), dms))
     per_row = []
     with torch.inference_mode():
