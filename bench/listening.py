@@ -68,9 +68,9 @@ def encoder_tokens(model, rows, cut: int = 3, progress=None) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for r in rows:
-            f = cache._file(r.path, 0)
-            if f.is_file():
-                h = cache.get(r, 0).float()[None]
+            h = cache.cached(r, 0)
+            if h is not None:
+                h = h.float()[None]
             else:
                 h = front(model.encoder, torch.from_numpy(fe.spectrogram(r.path))[None], cut)
             out.append(back(model.encoder, h, cut)[0].numpy())

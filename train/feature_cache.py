@@ -36,6 +36,11 @@ class FeatureCache:
         sha = self._sha.get(path) or self._sha.setdefault(path, file_sha256(path)[:32])
         return self.dir / f"{sha}_{view}.safetensors"
 
+    def cached(self, row: Row, view: int) -> torch.Tensor | None:
+        """The cached front features of one view, or None (never computes)."""
+        f = self._file(row.path, view)
+        return load_file(str(f))["h"] if f.is_file() else None
+
     def has(self, row: Row, n_views: int) -> bool:
         return all(self._file(row.path, v).is_file() for v in range(n_views))
 
