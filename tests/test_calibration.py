@@ -122,8 +122,11 @@ def test_the_meter_computes_what_the_exported_bundle_computes(meter, tiny_ckpt, 
     b = load_bundle(tmp_path / "b")
     prompt = b.tokenize(get_task("S7").prompt)
     with torch.inference_mode():  # the meter's audio embeddings: only the LLM differs
-        p_bundle = np.array([torch.softmax(b.score(b.prefix(prompt, d), e)[0].float(), -1)[1].item()
-                             for d, e in zip(m.dms_ids, m.emb)])
+        p_bundle = np.zeros(m.n)
+        for d, rows in m.groups.items():  # each row batch-1 on a fresh prefix of its own DMS
+            for i in rows:
+                logits = b.score(b.prefix(prompt, m.dms_ids[d]), m.emb[i:i + 1])
+                p_bundle[i] = torch.softmax(logits[0].float(), -1)[1].item()
     if mixed:  # the bundle stores what the plan says
         assert b.quantization["layer_plan"] in (plan, {str(k): v for k, v in plan.items()})
     m.apply(plan, quant)
