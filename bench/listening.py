@@ -17,7 +17,6 @@ saw. The extended unseen set adds those patients' test_intra recordings.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -52,19 +51,18 @@ def probe():
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
 
 
-def encoder_tokens(model, rows, cut: int = 3, progress=None) -> np.ndarray:
+def encoder_tokens(model, rows, recipe, progress=None) -> np.ndarray:
     """First-window tokens of the model's encoder. Its frozen stages [0, cut) are the deterministic initialisation
-    for every built-in model, so their outputs come from the training feature cache (view 0, fp16) when a training
-    run left it, else they are computed; stages [cut, 4) run from the model itself."""
+    for every built-in model, so their outputs come from the recipe's training feature cache (view 0, fp16) when a
+    training run left it, else they are computed; stages [cut, 4) run from the model itself."""
     import torch
 
     from respi_edge.runtime import audio as fe
-    from respi_edge.runtime.builtin import encoder_init
+    from respi_edge.train.encoder_finetune import feature_cache
     from respi_edge.train.encoder_stages import back, front
-    from respi_edge.train.feature_cache import FeatureCache
-    from respi_edge.train.views import VIEWS_VERSION
 
-    cache = FeatureCache(model.encoder, encoder_init()["sha256"], cut, {"seed": 42, "views": VIEWS_VERSION})
+    cut = recipe.encoder_cut
+    cache = feature_cache(model, recipe)
     out = []
     with torch.inference_mode():
         for r in rows:
@@ -105,15 +103,18 @@ def patient_prior(fit_rows, rows) -> np.ndarray:
 def main(argv: list[str] | None = None) -> dict:
     from rich.progress import Progress
 
-    from respi_edge.runtime import api
+    from respi_edge.runtime import api, atomic
     from respi_edge.runtime.manifest import Manifest, read_manifest
     from respi_edge.runtime.stats import auroc_ci
+    from respi_edge.train.recipe import load_recipe
     from respi_edge.train.splits import apply_holdout
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("RESPI_EDGE_DATA", "../shared/data"),
                     help="folder holding sprsound2022/")
     ap.add_argument("--checkpoint", default=None, help="a checkpoint (default: the built-in demo model)")
+    ap.add_argument("--recipe", default=str(files("respi_edge.configs") / "recipes" / "sprsound_demo.yaml"),
+                    help="the recipe the model was trained with (its encoder cut and feature cache)")
     ap.add_argument("--holdout", default=str(files("respi_edge.configs") / "splits" / "sprsound2022_devtest.csv"))
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", default="bench/results/listening")
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                     lambda: progress.update(tid, advance=1))))
         everything = fit + [r for r in wanted.values() if r.path not in {f.path for f in fit}]
         tid = progress.add_task("encoder tokens (audio-only probe)", total=len(everything))
-        toks = encoder_tokens(model, everything, progress=lambda: progress.update(tid, advance=1))
+        toks = encoder_tokens(model, everything, load_recipe(args.recipe),
+                              progress=lambda: progress.update(tid, advance=1))
     feats = dict(zip([r.path for r in everything], token_features(toks)))
     y_fit = np.array([r.label for r in fit])
     dms_model = probe().fit(dms_features(fit), y_fit)
@@ -166,12 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["command"] = "RESPI_EDGE_DATA=../shared/data python -m respi_edge.bench.listening"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out.with_suffix(".json"))
-    md = out.with_suffix(".md.tmp")
-    md.write_text(render(results))
-    os.replace(md, out.with_suffix(".md"))
+    atomic.write_json(out.with_suffix(".json"), results)
+    atomic.write_text(out.with_suffix(".md"), render(results))
     print(render(results))
     return results
 

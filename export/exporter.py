@@ -34,7 +34,7 @@ from respi_edge.runtime.llm import load_config, load_tokenizer, resolve_llm
 from respi_edge.runtime.load import assemble, base_llm_weights, encoder_from_checkpoint
 
 from .llm_writer import merged_tensors, write_llm
-from .onnx_encoder import export_fp16, export_fp32, export_int8
+from .onnx_encoder import export_fp16, export_fp32, export_int8, optimize_variants
 from .partials import make_partial, remove_stale_partials
 from .quantize import QuantScheme
 
@@ -53,6 +53,8 @@ class ExportOptions:
     parity_manifest: str | None = None  # extra real recordings for the parity check
     backend: str = "torch-bnb"  # torch-bnb (bitsandbytes LLM) | onnx (whole model in ONNX Runtime)
     block_size: int = 32  # onnx backend: MatMulNBits block
+    accuracy_level: int | None = None  # onnx backend, 4/8-bit: MatMulNBits compute type (4: int8 activations)
+    optimize_encoder: bool = False  # save each encoder variant as ONNX Runtime's offline-optimised graph
     calibration: str | None = None  # manifest: static int8 encoder variant, and the drift budget's data
     static_int8: bool = True  # with --calibration: also build the static int8 encoder variant (slow: ORT's QDQ pass)
     max_drift: float | None = None  # keep the most sensitive LLM layers at 8/16 bits until mean |Δp| <= this
@@ -188,7 +190,8 @@ def drift_plan(ck: Checkpoint, models: Models, opts: ExportOptions, scheme: Quan
     return info
 
 
-def write_onnx_llm(ck: Checkpoint, models: Models, llm_dir: Path, scheme: QuantScheme, tokenizer) -> dict:
+def write_onnx_llm(ck: Checkpoint, models: Models, llm_dir: Path, scheme: QuantScheme, tokenizer,
+                   accuracy_level: int | None = None) -> dict:
     """Merged fp32 trunk → ONNX with past key/values → MatMulNBits (or fp16); embeddings and tokenizer beside it.
 
     Unlike the bitsandbytes path this needs the merged model in memory (torch.onnx needs a module)."""
@@ -204,7 +207,7 @@ def write_onnx_llm(ck: Checkpoint, models: Models, llm_dir: Path, scheme: QuantS
     raw = llm_dir / "trunk.fp32.onnx"
     export_trunk(llm, ck.hparams.d_ff, raw)
     name = "trunk.onnx"
-    quantize_trunk(raw, llm_dir / name, scheme.bits, scheme.blocksize or 32)
+    quantize_trunk(raw, llm_dir / name, scheme.bits, scheme.blocksize or 32, accuracy_level)
     for f in llm_dir.glob("trunk.fp32.onnx*"):
         f.unlink()
     tokenizer.save_pretrained(llm_dir)  # tokenizer.json is what the torch-free runtime reads
@@ -221,6 +224,9 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
                   opts: ExportOptions | None = None, say: Callable[[str], None] = print,
                   task: str | None = None, threshold: float | None = None) -> dict:
     opts = opts or ExportOptions()
+    if opts.accuracy_level and (opts.backend != "onnx" or opts.bits == 16):
+        raise BundleError("--accuracy-level sets the compute type of onnxruntime's 4/8-bit MatMulNBits: it needs "
+                          "--backend onnx with --bits 4 or 8")
     if opts.backend == "onnx":
         if opts.quant not in (None, "int8", "fp16") or opts.double_quant or opts.max_drift is not None:
             raise BundleError("--backend onnx quantizes with onnxruntime's MatMulNBits: --bits 4/8 (block "
@@ -256,7 +262,7 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
         llm_dir = tmp / "llm"
         if opts.backend == "onnx":
             say(f"LLM: merging LoRA in float32, exporting the trunk to ONNX, {scheme.quant}")
-            onnx_llm = write_onnx_llm(ck, models, llm_dir, scheme, tokenizer)
+            onnx_llm = write_onnx_llm(ck, models, llm_dir, scheme, tokenizer, opts.accuracy_level)
             info = {"files": [onnx_llm["trunk"].split("/", 1)[1]], "tensors": None}
         else:
             plan = None
@@ -294,6 +300,9 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
             say("encoder: static int8 calibration")
             export_int8_static(tmp / "encoder.onnx", tmp / "encoder.int8s.onnx", calibration_specs(opts.calibration))
             variants["int8-static"] = "encoder.int8s.onnx"
+        tuning = optimize_variants({v: tmp / rel for v, rel in variants.items()}, say) if opts.optimize_encoder else {}
+        if opts.accuracy_level:
+            tuning["matmulnbits_accuracy_level"] = opts.accuracy_level
 
         save_file({"weight": ck.state[ckpt.HEAD_W].float().contiguous(),
                    "bias": ck.state[ckpt.HEAD_B].float().contiguous()}, str(tmp / "head.safetensors"))
@@ -319,6 +328,8 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
             sizes={"llm_bytes": sum(f.stat().st_size for f in llm_dir.rglob("*")
                                     if f.is_file() and not f.name.startswith("tokenizer"))},
             versions=versions(), onnx_llm=onnx_llm if opts.backend == "onnx" else None)
+        if tuning:
+            man["tuning"] = tuning
         man["files"] = B.file_table(tmp)  # hashed once: parity reads the bundle through it, the seal reuses it
         if opts.parity:
             from respi_edge.runtime.prompts import get_task

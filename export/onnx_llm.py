@@ -142,7 +142,7 @@ def retune_bundle(src: Path, dst: Path, *, accuracy_level: int | None = 4, optim
     from respi_edge.runtime.bundle import open_bundle, read_manifest, write_manifest
     from respi_edge.runtime.errors import BundleError
 
-    from .onnx_encoder import optimize
+    from .onnx_encoder import optimize_variants
 
     src, dst = Path(src), Path(dst)
     man = read_manifest(src)
@@ -163,12 +163,7 @@ def retune_bundle(src: Path, dst: Path, *, accuracy_level: int | None = 4, optim
         tuned["matmulnbits_accuracy_level"] = accuracy_level
         say(f"trunk: {n} MatMulNBits nodes at accuracy level {accuracy_level}")
     if optimize_encoder:
-        for variant, rel in man["encoder"]["variants"].items():
-            f = b.file(rel)
-            optimize(f, f.with_suffix(".opt.onnx"))
-            f.with_suffix(".opt.onnx").replace(f)
-            say(f"encoder {variant}: optimised offline")
-        tuned["encoder_optimized"] = "onnxruntime extended (offline)"
+        tuned.update(optimize_variants({v: b.file(rel) for v, rel in man["encoder"]["variants"].items()}, say))
     if encoder_default is not None:
         if encoder_default not in man["encoder"]["variants"]:
             raise BundleError(f"encoder variant {encoder_default!r} not in {src}")

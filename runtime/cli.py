@@ -301,6 +301,13 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
               help="Extra ONNX encoder variants besides fp32 (comma list of fp16, int8; '' for none).")
 @click.option("--block-size", type=click.Choice(["32", "128"]), default="32", show_default=True,
               help="--backend onnx: MatMulNBits block size.")
+@click.option("--accuracy-level", type=click.Choice(["0", "4"]), default="0", show_default=True,
+              help="--backend onnx, 4/8-bit: MatMulNBits compute type; 4 = int8 activations and int8 compute "
+                   "(changes the results slightly: measure its drift with verify). bench/results/throughput_cpu.md "
+                   "has its speed on a 2-core CPU.")
+@click.option("--optimize-encoder/--no-optimize-encoder", default=False, show_default=True,
+              help="Save each ONNX encoder variant as ONNX Runtime's offline-optimised graph (portable fusions): "
+                   "faster session start, same results within fp32 rounding.")
 @click.option("--parity/--no-parity", default=True, show_default=True,
               help="Score reference and bundle on real recordings and record their agreement.")
 @click.option("--parity-manifest", type=click.Path(dir_okay=False), help="Extra recordings (manifest CSV) for parity.")
@@ -308,8 +315,8 @@ def predict(files, checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, task, 
               help="Where the parity check runs.")
 @friendly_errors
 def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encoder_variants, parity, parity_manifest,
-           calibration, max_drift, calibration_size, static_int8, out, backend, block_size, device, task,
-           threshold, as_json) -> None:
+           calibration, max_drift, calibration_size, static_int8, out, backend, block_size, accuracy_level,
+           optimize_encoder, device, task, threshold, as_json) -> None:
     """Merge LoRA, quantize the LLM, export encoder + projector to ONNX: a self-verifying bundle."""
     from respi_edge.export.exporter import ExportOptions, export_bundle
 
@@ -324,7 +331,8 @@ def export(checkpoint, llm, bits, quant, double_quant, no_embedding_quant, encod
                          quantize_embeddings=not no_embedding_quant, encoder_variants=variants, parity=parity,
                          parity_manifest=parity_manifest, device=device, backend=backend, calibration=calibration,
                          max_drift=max_drift, calibration_size=calibration_size, static_int8=static_int8,
-                         block_size=int(block_size))
+                         block_size=int(block_size), accuracy_level=int(accuracy_level) or None,
+                         optimize_encoder=optimize_encoder)
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     man = export_bundle(out, checkpoint, llm, opts, say=say, task=task, threshold=threshold)
     if as_json:

@@ -422,6 +422,8 @@ CASES = [
          "InvalidArgumentError"),
     Case("cli: export --max-drift nan", 6, cli("export", "--max-drift", "nan", "--out", "@dir"), 2,
          "InvalidArgumentError"),
+    Case("cli: export --accuracy-level 4 on the bitsandbytes backend (before loading)", 10,
+         cli("export", "--accuracy-level", "4", "--out", "@dir"), 2, "BundleError", text="--backend onnx"),
     Case("cli: verify --budget nan", 6, cli("verify", "--budget", "nan", "--bundle", "@dir", "--data", "@short.wav"),
          2, "InvalidArgumentError"),
     Case("cli: calibrate --target-sensitivity nan", 6,

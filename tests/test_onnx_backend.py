@@ -124,3 +124,33 @@ def test_retuned_bundle_int8_compute_and_optimised_encoder(tiny, tmp_path):
     assert 0 < np.abs(a - c).max() < 0.05  # int8 activations: close, not identical
     with pytest.raises(BundleError, match="exists"):
         retune_bundle(b[4], out, say=lambda m: None)
+
+
+def test_export_flags_build_the_faster_graph_directly(tiny, tmp_path):
+    """`export --backend onnx --accuracy-level 4 --optimize-encoder` gives what retuning today's bundle gives:
+    the same trunk compute type and optimised encoder, the same scores, recorded in the manifest's `tuning`."""
+    from click.testing import CliRunner
+
+    from respi_edge.export.onnx_llm import accuracy_level_of, retune_bundle
+    from respi_edge.runtime.bundle import verify
+    from respi_edge.runtime.cli import main
+
+    ck, llm, b, _ = tiny
+    out = tmp_path / "direct"
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(ck), "--llm", str(llm), "--bits", "4", "--backend",
+                                  "onnx", "--encoder-variants", "", "--no-parity", "--task", "S7",
+                                  "--accuracy-level", "4", "--optimize-encoder", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["tuning"] == {"encoder_optimized": "onnxruntime extended (offline)", "matmulnbits_accuracy_level": 4}
+    assert accuracy_level_of(out / man["onnx_llm"]["trunk"]) == 4 and verify(out)[1].ok
+    retuned = retune_bundle(b[4], tmp_path / "retuned", accuracy_level=4, say=lambda m: None)
+    assert retuned["tuning"]["encoder_optimized"] == man["tuning"]["encoder_optimized"]
+    direct, other = load_bundle(out), load_bundle(tmp_path / "retuned")
+    exp = np.load(shared_path("golden", "respllm_tiny", "expected.npz"))
+    spec = np.stack([exp["c2_S7_full/spec"], exp["c1_S1_full/spec"]])
+    e1, e2 = direct.embed_audio(spec), other.embed_audio(spec)
+    np.testing.assert_allclose(e1, e2, atol=1e-6)
+    p1 = direct.prefix(direct.tokenize("Is it normal?"), direct.tokenize("Gender: F."))
+    p2 = other.prefix(other.tokenize("Is it normal?"), other.tokenize("Gender: F."))
+    np.testing.assert_allclose(direct.score(p1, e1), other.score(p2, e2), atol=1e-6)

@@ -44,13 +44,19 @@ def _run_key(recipe: Recipe, rows: list[TaskRows]) -> str:
     return h.hexdigest()
 
 
+def feature_cache(model, recipe: Recipe, cache_root: str | None = None) -> FeatureCache:
+    """The cache of the recipe's frozen-stage features (also read by bench/listening.py)."""
+    return FeatureCache(model.encoder, encoder_init()["sha256"], recipe.encoder_cut,
+                        {"seed": recipe.seed, "views": VIEWS_VERSION},
+                        os.path.join(cache_root, "features") if cache_root else None)
+
+
 def finetune_encoder(model, recipe: Recipe, rows: list[TaskRows], out: Path, cache_root: str | None = None,
                      progress=None) -> tuple[TokensFn, dict]:
     """Tune `model.encoder` in place; return the token source for the LLM stage and what to record."""
     cfg = tuning_config(recipe)
     init = encoder_init()
-    cache = FeatureCache(model.encoder, init["sha256"], cfg.cut, {"seed": recipe.seed, "views": VIEWS_VERSION},
-                         os.path.join(cache_root, "features") if cache_root else None)
+    cache = feature_cache(model, recipe, cache_root)
     events: dict = {}
     for td in recipe.tasks:
         if td.events:
