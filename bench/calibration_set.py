@@ -10,14 +10,8 @@ The split is recomputed with the trainer's own function and seed, so it is the s
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import os
-from pathlib import Path
 
-from respi_edge.runtime import atomic
-from respi_edge.runtime.dms import MANIFEST_FIELDS
-from respi_edge.runtime.manifest import Row
+from respi_edge.runtime.manifest import Row, write_manifest
 from respi_edge.train.recipe import load_recipe
 from respi_edge.train.trainer import task_rows
 
@@ -25,21 +19,6 @@ from respi_edge.train.trainer import task_rows
 def validation_rows(recipe_path: str, task_index: int = 0) -> list[Row]:
     """The trainer's own validation rows (after its holdout patients are removed), from its own function."""
     return task_rows(load_recipe(recipe_path))[task_index].val
-
-
-def write_manifest(rows: list[Row], out: str | os.PathLike) -> Path:
-    """Paths written relative to the new manifest's folder, as the manifest format expects; atomic."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["path", "label", "patient", *[f for f in MANIFEST_FIELDS if any(f in r.dms for r in rows)]]
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(fields)
-    for r in rows:
-        w.writerow([os.path.relpath(r.path, out.parent.resolve()), r.label, r.patient,
-                    *[r.dms.get(k, "") for k in fields[3:]]])
-    atomic.write_text(out, buf.getvalue())
-    return out
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ Every configuration must give the same probabilities (checked: max |Δp| against
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -25,14 +24,10 @@ from pathlib import Path
 
 
 def make_manifest(data: Path, rows: int, out: Path) -> Path:
-    """The first `rows` recordings of test_intra (both classes interleaved as listed), absolute paths."""
-    recs = list(csv.DictReader(open(data / "test_intra.csv")))[:rows]
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(recs[0]))
-        w.writeheader()
-        for r in recs:
-            w.writerow({**r, "path": str(data / r["path"])})
-    return out
+    """The first `rows` recordings of test_intra (both classes interleaved as listed)."""
+    from respi_edge.runtime.manifest import read_manifest, write_manifest
+
+    return write_manifest(read_manifest(data / "test_intra.csv").rows[:rows], out)
 
 
 def run_one(manifest: Path, out: Path, **kw) -> dict:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import atomic
 from .dms import MANIFEST_FIELDS
 from .errors import ManifestError
 from .hashing import sha256_file as file_sha256
@@ -121,3 +123,18 @@ def read_manifest(path: str | os.PathLike, *, n_classes: int = 2, require_both_c
     if require_both_classes and len(set(r.label for r in rows)) < 2:
         raise ManifestError(f"{p}: every recording has label {rows[0].label}; AUROC needs both classes")
     return Manifest(str(p.resolve()), rows)
+
+
+def write_manifest(rows: list[Row], out: str | os.PathLike) -> Path:
+    """Paths written relative to the new manifest's folder, as the manifest format expects; atomic."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["path", "label", "patient", *[f for f in MANIFEST_FIELDS if any(f in r.dms for r in rows)]]
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(fields)
+    for r in rows:
+        w.writerow([os.path.relpath(r.path, out.parent.resolve()), r.label, r.patient,
+                    *[r.dms.get(k, "") for k in fields[3:]]])
+    atomic.write_text(out, buf.getvalue())
+    return out

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .encoder_stages import back, trainable_modules
+from .step import optimizer_step, show_loss
 
 
 @dataclass
@@ -122,15 +123,8 @@ def tune(encoder: nn.Module, train: list[FeatureItem], val: list[FeatureItem], c
                 loss = lam * ce(logits, y, weight=weights) + (1 - lam) * ce(logits, y[perm], weight=weights)
             else:
                 loss = nn.functional.cross_entropy(logits_fn(h), y, weight=weights)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if progress:
-                progress.update(tid, advance=1, description=f"encoder epoch {epoch + 1}/{cfg.epochs} "
-                                f"loss {np.mean(losses[-20:]):.3f}")
+            losses.append(optimizer_step(opt, loss, clip=params, sched=sched))
+            show_loss(progress, tid, f"encoder epoch {epoch + 1}/{cfg.epochs}", losses)
         encoder.eval()
         _set_drop_path(modules, 0.0)
         pv = predict(encoder, clf, val, cfg.cut)

@@ -37,6 +37,7 @@ from respi_edge.runtime.prompts import get_task
 
 from .recipe import Recipe
 from .splits import patient_split
+from .step import optimizer_step, show_loss
 from .token_cache import TokenCache
 
 
@@ -206,13 +207,8 @@ def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None, *,
             dms, tok, y = collate(plans[name].pop(), rng)
             logits = batch_logits(model, s.prompt_ids, dms, tok, bf16=bf16)
             loss = nn.functional.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if progress:
-                progress.update(task_id, advance=1, description=f"epoch {epoch + 1}/{recipe.epochs} "
-                                f"loss {np.mean(losses[-20:]):.3f}")
+            losses.append(optimizer_step(opt, loss))
+            show_loss(progress, task_id, f"epoch {epoch + 1}/{recipe.epochs}", losses)
         val_loss, val_auc = 0.0, []
         for s in sets:
             p, l = predict_examples(model, s.prompt_ids, s.val)
