@@ -5,7 +5,7 @@
 #   bench/drift_test_intra.sh [STEP...]    steps: calib export verify recalibrate val table (default: all)
 #
 # VERIFY="demo-16:fp32 demo-4budget" and RECAL="demo-4budget" narrow the verify and recalibrate steps to some bundles
-# (NAME:ENCODER_VARIANT); the table step merges the new reports into the committed tables, so one re-run row replaces
+# (NAME:ENCODER_VARIANT), EXPORTS="demo-8 demo-4" the export step; the table step merges the new reports into the committed tables, so one re-run row replaces
 # only its own.
 #
 # Bundles go to $BUNDLES (default /tmp/bundles), reports to $WORK (default /tmp/respi-drift). Every step is
@@ -24,9 +24,10 @@ mkdir -p "$BUNDLES" "$WORK/reports" "$WORK/verify"
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
-export_once() {  # NAME ARGS...: export unless the bundle is already there
+export_once() {  # NAME ARGS...: export unless the bundle is already there (or EXPORTS is set and omits it)
   local name=$1; shift
   [ -f "$BUNDLES/$name/manifest.json" ] && return 0
+  [ -n "${EXPORTS:-}" ] && [[ " $EXPORTS " != *" $name "* ]] && return 0
   echo "== export $name: $*" >&2
   /usr/bin/time -f "$name: %e s, peak RSS %M KB" respi-edge export "$@" --out "$BUNDLES/$name" > /dev/null
 }

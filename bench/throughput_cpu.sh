@@ -7,7 +7,9 @@
 # export : today's ONNX 4-bit bundle of the built-in demo (`export --bits 4 --backend onnx`, encoder fp32 + int8),
 #          then two re-tuned copies (export/onnx_llm.py retune_bundle: same weights), one change each so their
 #          effects stay apart: demo-onnx4-acc4 (MatMulNBits accuracy level 4: int8 activations/compute) and
-#          demo-onnx4-int8enc (encoder graphs optimised offline, the dynamic int8 encoder as default).
+#          demo-onnx4-int8enc (encoder graphs optimised offline, the dynamic int8 encoder as default), and both
+#          together: demo-onnx4-fast (what `export --backend onnx --accuracy-level 4 --optimize-encoder` builds,
+#          with the int8 encoder as default).
 # latency: one `respi-edge bench latency` run with today's bundle first, so the new/old ratios compare rows of the
 #          same run (the first row also times the issue-14 path, past fed per call); `uptime` before and after.
 # verify : AUROC drift of each new variant against the full-precision demo (and of today's bundle, for the same
@@ -27,27 +29,29 @@ REPEAT=${REPEAT:-30}
 STEPS=${*:-export latency verify}
 mkdir -p "$BUNDLES" "$WORK"
 has() { [[ " $STEPS " == *" $1 "* ]]; }
-OLD=$BUNDLES/demo-onnx4 FAST=$BUNDLES/demo-onnx4-acc4 FAST8=$BUNDLES/demo-onnx4-int8enc
+OLD=$BUNDLES/demo-onnx4 FAST=$BUNDLES/demo-onnx4-acc4 FAST8=$BUNDLES/demo-onnx4-int8enc BOTH=$BUNDLES/demo-onnx4-fast
 
 if has export; then
   [ -f "$OLD/manifest.json" ] || respi-edge export --bits 4 --backend onnx --encoder-variants int8 --out "$OLD" >&2
-  python - "$OLD" "$FAST" "$FAST8" <<'EOF'
+  python - "$OLD" "$FAST" "$FAST8" "$BOTH" <<'EOF'
 import sys
 from pathlib import Path
 
 from respi_edge.export.onnx_llm import retune_bundle
 
-old, fast, fast8 = map(Path, sys.argv[1:])
+old, fast, fast8, both = map(Path, sys.argv[1:])
 if not (fast / "manifest.json").is_file():
     retune_bundle(old, fast, accuracy_level=4, optimize_encoder=False)
 if not (fast8 / "manifest.json").is_file():
     retune_bundle(old, fast8, accuracy_level=None, optimize_encoder=True, encoder_default="int8")
+if not (both / "manifest.json").is_file():
+    retune_bundle(old, both, accuracy_level=4, optimize_encoder=True, encoder_default="int8")
 EOF
 fi
 
 if has latency; then
   LOAD_BEFORE=$(uptime)
-  respi-edge bench latency --bundle "$OLD" --bundle "$FAST" --bundle "$FAST8" --repeat "$REPEAT" --warmup 3 \
+  respi-edge bench latency --bundle "$OLD" --bundle "$FAST" --bundle "$FAST8" --bundle "$BOTH" --repeat "$REPEAT" --warmup 3 \
     --device cpu --out "$WORK/throughput_cpu" >&2
   LOAD_AFTER=$(uptime)
   python - "$WORK/throughput_cpu" "$OUT/throughput_cpu" "$LOAD_BEFORE" "$LOAD_AFTER" <<'EOF'
@@ -85,14 +89,14 @@ with open(dst, "w", newline="") as f:
     w.writerows({**r, "path": str(src.parent / r["path"])} for r in pick)
 EOF
   fi
-  for b in $([ -n "${VERIFY_VS_OLD_ONLY:-}" ] || echo "$OLD $FAST $FAST8"); do
+  for b in $([ -n "${VERIFY_VS_OLD_ONLY:-}" ] || echo "$OLD $FAST $FAST8 $BOTH"); do
     name=$(basename "$b")${LIMIT:+-every$LIMIT}
     respi-edge verify --bundle "$b" --data "$MAN" --bootstrap 1000 --json --out "$WORK/verify/$name" \
       > "$WORK/$name.json.tmp"
     mv "$WORK/$name.json.tmp" "$OUT/throughput_verify_$name.json"
   done
   tag=${LIMIT:+-every$LIMIT}
-  for b in "$FAST" "$FAST8"; do  # the change alone: each new variant against today's bundle
+  for b in "$FAST" "$FAST8" "$BOTH"; do  # the change alone: each new variant against today's bundle
     name=$(basename "$b")-vs-demo-onnx4$tag
     respi-edge verify --bundle "$b" --reference "$OLD" --data "$MAN" --bootstrap 1000 --json \
       --out "$WORK/verify/$name" > "$WORK/$name.json.tmp"
