@@ -154,3 +154,14 @@ def test_export_flags_build_the_faster_graph_directly(tiny, tmp_path):
     p1 = direct.prefix(direct.tokenize("Is it normal?"), direct.tokenize("Gender: F."))
     p2 = other.prefix(other.tokenize("Is it normal?"), other.tokenize("Gender: F."))
     np.testing.assert_allclose(direct.score(p1, e1), other.score(p2, e2), atol=1e-6)
+
+
+def test_encoder_threads_sleep_between_windows(tiny):
+    """The encoder's worker threads must not spin after a window: they took the CPU from the LLM step that follows
+    (bench/results/ort_spinning.md); the LLM trunk keeps onnxruntime's default."""
+    _, _, b, _ = tiny
+    bundle = load_bundle(b[4])
+    key = "session.intra_op.allow_spinning"
+    assert bundle.audio.session.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: onnxruntime's default
+        bundle.trunk.get_session_options().get_session_config_entry(key)

@@ -27,12 +27,17 @@ def providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session(path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+def session(path: str | os.PathLike, device: str = "auto", threads: int | None = None, *, spin: bool = True):
+    """spin=False: the session's worker threads sleep as soon as a run ends instead of spinning. The encoder
+    runs once per window right before the LLM step; its spinning threads took CPU from that step, adding
+    ~70 ms per window on 2 cores (bench/results/ort_spinning.md)."""
     o = ort()
     so = o.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return o.InferenceSession(str(path), sess_options=so, providers=providers(device))
 
 
@@ -46,7 +51,7 @@ class OnnxAudio:
     """spec (B, 256, 64) float32 → audio embeddings (B, 64, d_llm) float32."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
-        self.session = session(path, device, threads)
+        self.session = session(path, device, threads, spin=False)
         self.input = self.session.get_inputs()[0].name
 
     @property
