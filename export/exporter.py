@@ -55,6 +55,7 @@ class ExportOptions:
     block_size: int = 32  # onnx backend: MatMulNBits block
     accuracy_level: int | None = None  # onnx backend, 4/8-bit: MatMulNBits compute type (4: int8 activations)
     optimize_encoder: bool = False  # save each encoder variant as ONNX Runtime's offline-optimised graph
+    encoder_default: str = "fp32"  # the variant a bundle runs unless told otherwise (bench/results/throughput_cpu.md)
     calibration: str | None = None  # manifest: static int8 encoder variant, and the drift budget's data
     static_int8: bool = True  # with --calibration: also build the static int8 encoder variant (slow: ORT's QDQ pass)
     max_drift: float | None = None  # keep the most sensitive LLM layers at 8/16 bits until mean |Δp| <= this
@@ -224,6 +225,10 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
                   opts: ExportOptions | None = None, say: Callable[[str], None] = print,
                   task: str | None = None, threshold: float | None = None) -> dict:
     opts = opts or ExportOptions()
+    built = {"fp32", *opts.encoder_variants, *(("int8-static",) if opts.calibration and opts.static_int8 else ())}
+    if opts.encoder_default not in built:
+        raise BundleError(f"--encoder-default {opts.encoder_default}: this export builds the encoder variants "
+                          f"{', '.join(sorted(built))}; add it to --encoder-variants (int8-static needs --calibration)")
     if opts.accuracy_level and (opts.backend != "onnx" or opts.bits == 16):
         raise BundleError("--accuracy-level sets the compute type of onnxruntime's 4/8-bit MatMulNBits: it needs "
                           "--backend onnx with --bits 4 or 8")
@@ -328,6 +333,7 @@ def export_bundle(out: str | os.PathLike, checkpoint: str | None = None, llm: st
             sizes={"llm_bytes": sum(f.stat().st_size for f in llm_dir.rglob("*")
                                     if f.is_file() and not f.name.startswith("tokenizer"))},
             versions=versions(), onnx_llm=onnx_llm if opts.backend == "onnx" else None)
+        man["encoder"]["default"] = opts.encoder_default
         if tuning:
             man["tuning"] = tuning
         man["files"] = B.file_table(tmp)  # hashed once: parity reads the bundle through it, the seal reuses it

@@ -128,7 +128,8 @@ def test_retuned_bundle_int8_compute_and_optimised_encoder(tiny, tmp_path):
 
 def test_export_flags_build_the_faster_graph_directly(tiny, tmp_path):
     """`export --backend onnx --accuracy-level 4 --optimize-encoder` gives what retuning today's bundle gives:
-    the same trunk compute type and optimised encoder, the same scores, recorded in the manifest's `tuning`."""
+    the same trunk compute type and optimised encoder, the same scores, recorded in the manifest's `tuning`;
+    `--encoder-default int8` makes the dynamic int8 encoder the one a bundle runs unless told otherwise."""
     from click.testing import CliRunner
 
     from respi_edge.export.onnx_llm import accuracy_level_of, retune_bundle
@@ -138,18 +139,21 @@ def test_export_flags_build_the_faster_graph_directly(tiny, tmp_path):
     ck, llm, b, _ = tiny
     out = tmp_path / "direct"
     r = CliRunner().invoke(main, ["export", "--checkpoint", str(ck), "--llm", str(llm), "--bits", "4", "--backend",
-                                  "onnx", "--encoder-variants", "", "--no-parity", "--task", "S7",
-                                  "--accuracy-level", "4", "--optimize-encoder", "--out", str(out)])
+                                  "onnx", "--encoder-variants", "int8", "--encoder-default", "int8", "--no-parity",
+                                  "--task", "S7", "--accuracy-level", "4", "--optimize-encoder", "--out", str(out)])
     assert r.exit_code == 0, r.output
     man = json.loads((out / "manifest.json").read_text())
     assert man["tuning"] == {"encoder_optimized": "onnxruntime extended (offline)", "matmulnbits_accuracy_level": 4}
     assert accuracy_level_of(out / man["onnx_llm"]["trunk"]) == 4 and verify(out)[1].ok
     retuned = retune_bundle(b[4], tmp_path / "retuned", accuracy_level=4, say=lambda m: None)
     assert retuned["tuning"]["encoder_optimized"] == man["tuning"]["encoder_optimized"]
-    direct, other = load_bundle(out), load_bundle(tmp_path / "retuned")
+    assert man["encoder"]["default"] == "int8"
+    direct, other = load_bundle(out, encoder_variant="fp32"), load_bundle(tmp_path / "retuned")
     exp = np.load(shared_path("golden", "respllm_tiny", "expected.npz"))
     spec = np.stack([exp["c2_S7_full/spec"], exp["c1_S1_full/spec"]])
     e1, e2 = direct.embed_audio(spec), other.embed_audio(spec)
+    by_default, int8 = load_bundle(out).embed_audio(spec), load_bundle(out, encoder_variant="int8").embed_audio(spec)
+    assert np.array_equal(by_default, int8) and np.abs(by_default - e1).max() > 1e-4
     np.testing.assert_allclose(e1, e2, atol=1e-6)
     p1 = direct.prefix(direct.tokenize("Is it normal?"), direct.tokenize("Gender: F."))
     p2 = other.prefix(other.tokenize("Is it normal?"), other.tokenize("Gender: F."))
