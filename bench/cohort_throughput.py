@@ -13,8 +13,6 @@ Every configuration must give the same probabilities (checked: max |Δp| against
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import platform
@@ -33,19 +31,6 @@ def make_manifest(data: Path, rows: int, out: Path) -> Path:
     from respi_edge.runtime.manifest import read_manifest, write_manifest
 
     return write_manifest(read_manifest(data / "test_intra.csv").rows[:rows], out)
-
-
-@contextlib.contextmanager
-def windows_per_batch(n: int):
-    """The local engine's windows per batch (Session.score_many's batch_size), for this block only."""
-    from respi_edge.runtime import api
-
-    original = api.Session.score_many
-    api.Session.score_many = functools.partialmethod(original, batch_size=n)
-    try:
-        yield
-    finally:
-        api.Session.score_many = original
 
 
 def run_one(manifest: Path, out: Path, **kw) -> dict:
@@ -135,7 +120,7 @@ def main() -> None:
     manifest = make_manifest(Path(a.data), a.rows, tmp / "m.csv")
     loads = [load_line()]
     groups = dms_groups(manifest)
-    # (name, engine arguments, torch threads of the local engine, windows per batch of the local engine);
+    # (name, engine arguments, torch threads of the local engine, windows per pass of the local engine);
     # the Ray workers batch like the local engine's default (Session.score_many, api.BATCH_SIZE) with 1 thread each
     configs = [("local batch-1, torch default threads", {"engine": "local"}, None, 1),
                (f"local batched ({BATCH_SIZE}), torch default threads", {"engine": "local"}, None, BATCH_SIZE),
@@ -148,8 +133,8 @@ def main() -> None:
     ref = None
     for i, (name, kw, threads, batch) in enumerate(configs):
         torch.set_num_threads(threads or default_threads)
-        with windows_per_batch(batch):
-            r = run_one(manifest, tmp / f"run{i}.jsonl", source=a.source, **kw)
+        r = run_one(manifest, tmp / f"run{i}.jsonl", source=a.source,
+                    **kw, **({"batch_size": batch} if kw["engine"] == "local" else {}))
         torch.set_num_threads(default_threads)
         probs = r.pop("probs")
         ref = ref or probs

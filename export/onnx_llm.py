@@ -136,7 +136,6 @@ def retune_bundle(src: Path, dst: Path, *, accuracy_level: int | None = 4, optim
     `accuracy_level` and each encoder variant replaced by its offline-optimised graph (onnx_encoder.optimize).
     Same weights, same tokenizer and head; the manifest names what changed, and the bundle is re-hashed and sealed
     by `bundle.write_manifest`. `dst` must not exist (an export never overwrites)."""
-    import json
     import shutil
 
     from respi_edge.runtime.bundle import open_bundle, read_manifest, write_manifest
@@ -168,8 +167,7 @@ def retune_bundle(src: Path, dst: Path, *, accuracy_level: int | None = 4, optim
         if encoder_default not in man["encoder"]["variants"]:
             raise BundleError(f"encoder variant {encoder_default!r} not in {src}")
         man["encoder"]["default"] = encoder_default
-    man["tuning"] = {**man.get("tuning", {}), **tuned, "from": json.loads((src / "manifest.json").read_text())
-                     .get("name", src.name)}
+    man["tuning"] = {**man.get("tuning", {}), **tuned, "from": man.get("name", src.name)}
     man = write_manifest(tmp, man)
     tmp.rename(dst)
     return man

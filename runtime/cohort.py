@@ -220,10 +220,10 @@ Progress = Callable[[int, int], None]
 
 
 def score_local(jobs: Sequence[Job], sink: ResultSink, source, task: str | None,
-                on_batch: Callable[[int], None]) -> dict:
+                on_batch: Callable[[int], None], batch_size: int | None = None) -> dict:
     """This process: one model, batches of one DMS group in manifest order within the group."""
     t0 = time.perf_counter()
-    scorer = Scorer(load_source(source), task)
+    scorer = Scorer(load_source(source), task, batch_size=batch_size)
     load_s = time.perf_counter() - t0
     busy = 0.0
     for b in batches(jobs):
@@ -236,12 +236,14 @@ def score_local(jobs: Sequence[Job], sink: ResultSink, source, task: str | None,
 
 def score_cohort(manifest: str | os.PathLike, out: str | os.PathLike, *, source: str | os.PathLike | None = None,
                  engine: str = "local", address: str | None = None, workers: int | None = None,
-                 gpus_per_worker: float = 0, task: str | None = None, progress: Progress | None = None) -> dict:
+                 gpus_per_worker: float = 0, task: str | None = None, progress: Progress | None = None,
+                 batch_size: int | None = None) -> dict:
     """Score every recording of `manifest` with `source` (bundle folder, checkpoint, or None: built-in model),
     writing one record per recording to `out` (*.parquet or *.jsonl) as they are produced; rows already in `out`
     with the same key are skipped (resume). engine "local" scores in this process; "ray" on a Ray cluster
     (`address`: "auto" or a cluster address; None starts a local one) with `workers` actors of `gpus_per_worker`
-    GPUs each. `progress(done, total)` is called as rows are written. Returns a summary dict."""
+    GPUs each. `progress(done, total)` is called as rows are written. `batch_size`: windows per pass of the local
+    engine (None: api.BATCH_SIZE). Returns a summary dict."""
     if engine not in ENGINES:
         raise ResultsError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     results_format(out)  # a bad --out fails before any hashing or loading
@@ -265,7 +267,7 @@ def score_cohort(manifest: str | os.PathLike, out: str | os.PathLike, *, source:
         t1 = time.perf_counter()
         info: dict = {"workers": 0}
         if todo and engine == "local":
-            info = score_local(todo, sink, source, task, on_batch)
+            info = score_local(todo, sink, source, task, on_batch, batch_size)
         elif todo:
             from .cohort_ray import score_ray
 

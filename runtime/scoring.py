@@ -76,8 +76,8 @@ def load_source(source: str | os.PathLike | None):
 class Scorer:
     """One loaded model and its Sessions (one per DMS, least recently used dropped): scores groups of jobs."""
 
-    def __init__(self, model, task: str | None = None, sessions: int = SESSION_CACHE):
-        self.model, self.task = model, task
+    def __init__(self, model, task: str | None = None, sessions: int = SESSION_CACHE, batch_size: int | None = None):
+        self.model, self.task, self.batch_size = model, task, batch_size
         self.sessions: OrderedDict[str, object] = OrderedDict()
         self.max_sessions = sessions
 
@@ -100,11 +100,11 @@ class Scorer:
             groups.setdefault(j.dms, []).append(j)
         out: dict[str, dict] = {}
         for dms, group in groups.items():
-            out.update(score_group(self.session(dms), group))
+            out.update(score_group(self.session(dms), group, self.batch_size))
         return [out[j.key] for j in jobs]
 
 
-def score_group(session, jobs: Sequence[Job]) -> dict[str, dict]:
+def score_group(session, jobs: Sequence[Job], batch_size: int | None = None) -> dict[str, dict]:
     """Records of jobs sharing one Session (prompt + DMS prefix), keyed by job key. Decoding is per row (an
     undecodable recording is an error row); the windows that decode are scored together where the Session can
     batch (`score_many`), else one by one."""
@@ -122,7 +122,8 @@ def score_group(session, jobs: Sequence[Job]) -> dict[str, dict]:
         except AudioError as e:
             out[j.key] = error_record(j, session, str(e), type(e).__name__)
     if hasattr(session, "score_many"):
-        preds = list(session.score_many(specs)) if specs else []
+        kw = {"batch_size": batch_size} if batch_size else {}  # None: Session.score_many's own (api.BATCH_SIZE)
+        preds = list(session.score_many(specs, **kw)) if specs else []
     else:
         preds = [session.score_spec(s, j.path) for s, j in zip(specs, ok)]
     for j, p in zip(ok, preds):
