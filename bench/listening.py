@@ -101,7 +101,7 @@ def patient_prior(fit_rows, rows) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rich.progress import Progress
+    from respi_edge.runtime.progress import progress_bar
 
     from respi_edge.runtime import api, atomic
     from respi_edge.runtime.manifest import Manifest, read_manifest
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"model": model.info.name, "checkpoint": args.checkpoint or "built-in demo",
                      "caveats": list(model.info.caveats), "fit_recordings": len(fit),
                      "fit_patients": len({r.patient for r in fit}), "bootstrap": args.bootstrap, "splits": {}}
-    with Progress() as progress:
+    with progress_bar() as progress:
         tid = progress.add_task("full model (predict path)", total=len(wanted))
         p_full = dict(zip(wanted, full_model_scores(model, list(wanted.values()),
                                                     lambda: progress.update(tid, advance=1))))

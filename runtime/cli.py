@@ -447,15 +447,14 @@ def screen(checkpoint, llm, merge_lora, d_ff, lora_alpha, bundle, input_device, 
 @friendly_errors
 def calibrate(bundle_dir, data, target_sensitivity, task, as_json) -> None:
     """Calibrate the bundle's decision threshold on labelled recordings and store it in the bundle."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from respi_edge.calibration.threshold import calibrate_threshold
+
+    from .progress import progress_bar
 
     from .validate import check_threshold
 
     check_threshold(target_sensitivity, "--target-sensitivity")
-    with Progress(TextColumn("scoring the calibration data"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), transient=True, disable=as_json) as progress:
+    with progress_bar("scoring the calibration data", transient=True, disable=as_json) as progress:
         bar = progress.add_task("", total=None)
         info = calibrate_threshold(bundle_dir, data, target_sensitivity=target_sensitivity, task=task,
                                    on_progress=lambda i, n: progress.update(bar, completed=i, total=n))
@@ -498,7 +497,7 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device
     """Per-stage latency p50/p95/p99/max, cold start, peak memory, roofline floor (llama-bench style)."""
     import importlib.resources
 
-    from rich.progress import Progress
+    from .progress import progress_bar
 
     from respi_edge.bench import latency as L
 
@@ -517,7 +516,7 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device
     if not jobs:
         raise click.UsageError("nothing to time: give --bundle, --reference or --synthetic")
     rows = []
-    with Progress(transient=True, disable=as_json) as progress:
+    with progress_bar(transient=True, disable=as_json) as progress:
         bar = progress.add_task("timing", total=len(jobs))
         for job in jobs:
             progress.update(bar, description=f"timing {job.get('target') or job.get('synthetic')}")
@@ -550,7 +549,7 @@ def bench_latency(bundles, reference, checkpoint, synthetic, bits, quant, device
 def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_variant, out, as_json, engine, address,
            workers, gpus_per_worker) -> None:
     """AUROC drift of a bundle against the full-precision model, with patient-grouped confidence intervals."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from .progress import progress_bar
 
     from .evaluate import markdown, verify as run_verify
     from .validate import check_nonnegative
@@ -562,8 +561,7 @@ def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_va
         from .cohort import CohortScorer
 
         scorer = CohortScorer(engine, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), transient=True, disable=as_json) as progress:
+    with progress_bar(transient=True, disable=as_json) as progress:
         ids: dict = {}
 
         def on_progress(stage, i, n):
@@ -603,7 +601,7 @@ def verify(bundle_dir, reference, llm, data, task, budget, bootstrap, encoder_va
 @friendly_errors
 def score(data, task, bundle, checkpoint, out, as_json, engine, address, workers, gpus_per_worker) -> None:
     """Score every recording of a manifest once (one row per recording, written as produced, resumable)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from .progress import progress_bar
 
     from .cohort import results_format, score_cohort, summary_line
 
@@ -613,8 +611,7 @@ def score(data, task, bundle, checkpoint, out, as_json, engine, address, workers
         raise click.UsageError("give --bundle or --checkpoint, not both")
     if bundle and not os.path.isdir(bundle):
         raise BundleError(f"{bundle}: bundle folder not found")
-    with Progress(TextColumn("scoring"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), transient=True, disable=as_json) as progress:
+    with progress_bar("scoring", transient=True, disable=as_json) as progress:
         bar = progress.add_task("", total=None)
         s = score_cohort(data, out, source=bundle or checkpoint, engine=engine, address=address, workers=workers,
                          gpus_per_worker=gpus_per_worker, task=task,
@@ -640,12 +637,11 @@ def score(data, task, bundle, checkpoint, out, as_json, engine, address, workers
 @friendly_errors
 def train(config, overrides, out, llm, official, cache_dir, as_json) -> None:
     """RespLLM instruction tuning: projector, LLM LoRA and head on cached encoder tokens."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from respi_edge.train.run import run
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as progress:
+    from .progress import progress_bar
+
+    with progress_bar() as progress:
         metrics = run(config, list(overrides), out, official=official, llm=llm, cache_dir=cache_dir,
                       progress=progress)
     if as_json:

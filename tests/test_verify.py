@@ -141,6 +141,10 @@ def test_threshold_calibration_is_stored_and_the_bundle_still_verifies(setup, tm
     assert r.exit_code == 0 and json.loads(r.stdout)["sensitivity"] == 1.0
     # the scores were cached under the weights' hashes: the second rule cost no inference
     assert [len(p.read_text().splitlines()) for p in (tmp_path / "cache" / "calibrate").glob("*.jsonl")] == [12]
+    # away from a terminal (a log file, CI) the progress comes as flushed lines on stderr, the answer alone on stdout
+    r = CliRunner().invoke(main, ["calibrate", "--bundle", str(b), "--data", str(setup["man"])])
+    assert r.exit_code == 0 and r.stdout.startswith("threshold ") and len(r.stdout.splitlines()) == 1
+    assert "scoring the calibration data: 12/12 (100 %" in r.stderr
     # verify a re-calibrated bundle: same weights, so the same cached scores; decisions each at its own threshold
     monkeypatch.setenv("RESPI_EDGE_CACHE", str(setup["cache"]))
     assert _verify({**setup, "cal": b}, "cal", "r16").exit_code == 0
