@@ -154,3 +154,32 @@ def test_shipped_demo_recipe_parses():
 
     r = load_recipe(str(files("respi_edge.configs") / "recipes" / "sprsound_demo.yaml"))
     assert r.tasks[0].task == "sprsound_normal_vs_adventitious" and r.base_llm == "smollm2-135m-instruct"
+
+
+def test_stopper_keeps_the_epoch_its_rule_names():
+    """The shipped demo's own LLM history (metrics.json): loss keeps epoch 3, AUROC would keep epoch 5."""
+    from respi_edge.train.trainer import Stopper
+
+    loss = [1.3033, 0.8655, 0.5784, 0.7960, 0.5956]
+    auc = [0.674, 0.743, 0.749, 0.757, 0.812]
+
+    def replay(select, patience, losses, aucs):
+        s, best, stopped = Stopper(select, patience, 0.005), 0, None
+        for i, (l, a) in enumerate(zip(losses, aucs), 1):
+            new, stop = s.step(l, a)
+            best = i if new else best
+            if stop:
+                stopped = i
+                break
+        return best, stopped
+
+    assert replay("loss", 2, loss, auc) == (3, 5)  # 0.796 and 0.596 both above 0.578 + 0.005: stopped, as recorded
+    assert replay("auroc", 2, loss, auc) == (5, None)  # still rising at the last epoch
+    assert replay("auroc", 2, loss, [0.6, 0.7, 0.65, 0.69, 0.71]) == (2, 4)  # two epochs without a new best
+    assert replay("auroc", 2, loss, [None] * 5) == (3, 5)  # no AUROC (one class in validation): the loss decides
+
+
+def test_select_must_be_a_known_rule(small_manifests):
+    assert load_recipe(small_manifests, ["select=auroc"]).select == "auroc"
+    with pytest.raises(RecipeError, match="select must be loss or auroc"):
+        load_recipe(small_manifests, ["select=accuracy"])

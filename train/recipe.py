@@ -46,6 +46,8 @@ class Recipe:
     val_fraction: float = 0.15  # patient-grouped
     patience: int = 2
     min_delta: float = 0.01
+    select: str = "loss"  # loss: the reference's EarlyStopper on validation loss (REFERENCE.md §3.3) | auroc: best epoch by
+    #                      mean validation AUROC, stop after `patience` epochs without a new best (as the encoder stage)
     balance: str = "downsample"  # downsample | none: per epoch, negatives drawn to match the positives
     precision: str = "auto"  # auto | fp32 | bf16: LLM autocast in training (weights and evaluation stay fp32)
     lora_r: int = 16
@@ -104,6 +106,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"{p}: no tasks")
     if r.precision not in ("auto", "fp32", "bf16"):
         raise RecipeError(f"{p}: precision must be auto, fp32 or bf16, not {r.precision!r}")
+    if r.select not in ("loss", "auroc"):
+        raise RecipeError(f"{p}: select must be loss or auroc, not {r.select!r}")
     if r.encoder_mode not in ("frozen", "finetune"):
         raise RecipeError(f"{p}: encoder_mode must be frozen or finetune, not {r.encoder_mode!r}")
     if not 0 <= r.encoder_cut <= 4 or r.encoder_views < 1:

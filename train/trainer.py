@@ -177,12 +177,39 @@ class History:
     seconds: float = 0.0
 
 
+@dataclass
+class Stopper:
+    """Which epoch to keep and when to stop. `loss`: stopping as the reference's EarlyStopper counts (REFERENCE.md
+    §3.3: only a loss above best + min_delta counts towards patience), the epoch kept the last to improve the loss by
+    more than min_delta. `auroc`: the encoder stage's rule, a new best is any higher mean validation AUROC and every
+    other epoch counts."""
+
+    select: str
+    patience: int
+    min_delta: float
+    best: float = math.inf  # lower is better: the loss, or minus the AUROC
+    bad: int = 0
+    started: bool = False
+
+    def step(self, val_loss: float, val_auroc: float | None) -> tuple[bool, bool]:
+        """(this epoch is the new best, stop now)."""
+        by_auroc = self.select == "auroc" and val_auroc is not None
+        crit = -val_auroc if by_auroc else val_loss
+        if not self.started or crit < self.best - (0.0 if by_auroc else self.min_delta):
+            self.best, self.bad, self.started = crit, 0, True
+            return True, False
+        if by_auroc or crit > self.best + self.min_delta:
+            self.bad += 1
+        return False, self.bad >= self.patience
+
+
 def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None, *, bf16: bool = False) -> History:
-    """The training loop: per-step task choice weighted by batch count, early stopping on validation loss."""
+    """The training loop: per-step task choice weighted by batch count, early stopping on validation loss (the
+    reference's) or, with `select: auroc`, the best epoch by validation AUROC."""
     rng = random.Random(recipe.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=recipe.lr)
-    hist, best, bad = History(), math.inf, 0
+    hist, stopper = History(), Stopper(recipe.select, recipe.patience, recipe.min_delta)
     best_state = None
     t0 = time.time()
     for epoch in range(recipe.epochs):
@@ -224,14 +251,13 @@ def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None, *,
         if progress:
             progress.console.print(f"epoch {epoch + 1}: train loss {rec['train_loss']:.4f}  val loss "
                                    f"{val_loss:.4f}  val AUROC {rec['val_auroc'] if rec['val_auroc'] is None else round(rec['val_auroc'], 4)}")
-        if val_loss < best - recipe.min_delta or best_state is None:
-            best, bad, hist.best_epoch = val_loss, 0, epoch + 1
+        new_best, stop = stopper.step(val_loss, rec["val_auroc"])
+        if new_best:
+            hist.best_epoch = epoch + 1
             best_state = {k: v.detach().clone() for k, v in trained_state(model).items()}
-        elif val_loss > best + recipe.min_delta:
-            bad += 1
-            if bad >= recipe.patience:
-                hist.stopped_early = True
-                break
+        if stop:
+            hist.stopped_early = True
+            break
     if best_state is not None:
         load_trained_state(model, best_state)
     model.eval()
