@@ -168,5 +168,13 @@ def test_finetuned_encoder_ships_in_the_compact_form_and_loads(finetuned, tiny_b
 
 def test_finetune_run_resumes_from_its_caches(finetuned, tiny_base, tmp_path):  # noqa: F811
     d, out, cache, _, _ = finetuned
-    again = run(str(d / "recipe.yaml"), [], str(out), llm=str(tiny_base), cache_dir=str(cache))
+    import io
+
+    from respi_edge.runtime.progress import LogProgress
+
+    log = io.StringIO()
+    again = run(str(d / "recipe.yaml"), [], str(out), llm=str(tiny_base), cache_dir=str(cache),
+                progress=LogProgress(stream=log))
     assert again["encoder"]["resumed"] and again["encoder"]["feature_cache"]["misses"] == 0
+    n = again["encoder"]["feature_cache"]["hits"]
+    assert f"encoder features: {n}/{n} (100 %" in log.getvalue()  # cached rows count as done

@@ -57,6 +57,8 @@ class FeatureCache:
         """Compute every missing (row, view) in batches of `batch` recordings; each file written atomically."""
         todo = [r for r in rows if not self.has(r, n_views)]
         self.hits += len(rows) - len(todo)
+        if on_row and len(rows) > len(todo):
+            on_row(len(rows) - len(todo))  # cached rows count as done: a resumed run's bar starts where it stopped
         for k in range(0, len(todo), batch):
             part = todo[k:k + batch]
             specs, where = [], []
