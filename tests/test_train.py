@@ -183,3 +183,27 @@ def test_select_must_be_a_known_rule(small_manifests):
     assert load_recipe(small_manifests, ["select=auroc"]).select == "auroc"
     with pytest.raises(RecipeError, match="select must be loss or auroc"):
         load_recipe(small_manifests, ["select=accuracy"])
+
+
+def test_dms_dropout_empties_the_dms_of_training_batches_only(trained, small_manifests, tiny_base, tmp_path,
+                                                              monkeypatch):
+    """dms_dropout 1: every training batch without its DMS, validation and test still with theirs; 0: all with."""
+    import respi_edge.train.trainer as T
+
+    _, _, cache = trained
+    seen = {"train": [], "eval": []}
+    real = T.batch_logits
+
+    def spy(model, prompt_ids, dms_ids, tokens, bf16=False):
+        seen["train" if torch.is_grad_enabled() else "eval"].append(dms_ids.shape[1])
+        return real(model, prompt_ids, dms_ids, tokens, bf16=bf16)
+
+    monkeypatch.setattr(T, "batch_logits", spy)
+    run(str(small_manifests), ["dms_dropout=1.0", "epochs=1"], str(tmp_path / "a"), llm=str(tiny_base),
+        cache_dir=str(cache))
+    assert seen["train"] and set(seen["train"]) == {0} and min(seen["eval"]) > 0
+    seen["train"].clear()
+    run(str(small_manifests), ["epochs=1"], str(tmp_path / "b"), llm=str(tiny_base), cache_dir=str(cache))
+    assert seen["train"] and min(seen["train"]) > 0
+    with pytest.raises(RecipeError, match="dms_dropout must be between 0 and 1"):
+        load_recipe(small_manifests, ["dms_dropout=1.5"])

@@ -48,6 +48,7 @@ class Recipe:
     min_delta: float = 0.01
     select: str = "loss"  # loss: the reference's EarlyStopper on validation loss (REFERENCE.md §3.3) | auroc: best epoch by
     #                      mean validation AUROC, stop after `patience` epochs without a new best (as the encoder stage)
+    dms_dropout: float = 0.0  # share of LLM training batches given an empty DMS, so the audio must carry them (0: reference)
     balance: str = "downsample"  # downsample | none: per epoch, negatives drawn to match the positives
     precision: str = "auto"  # auto | fp32 | bf16: LLM autocast in training (weights and evaluation stay fp32)
     lora_r: int = 16
@@ -106,6 +107,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"{p}: no tasks")
     if r.precision not in ("auto", "fp32", "bf16"):
         raise RecipeError(f"{p}: precision must be auto, fp32 or bf16, not {r.precision!r}")
+    if not 0.0 <= r.dms_dropout <= 1.0:
+        raise RecipeError(f"{p}: dms_dropout must be between 0 and 1, not {r.dms_dropout!r}")
     if r.select not in ("loss", "auroc"):
         raise RecipeError(f"{p}: select must be loss or auroc, not {r.select!r}")
     if r.encoder_mode not in ("frozen", "finetune"):

@@ -210,6 +210,8 @@ def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None, *,
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=recipe.lr)
     hist, stopper = History(), Stopper(recipe.select, recipe.patience, recipe.min_delta)
+    drop_rng = random.Random(recipe.seed + 1)  # its own stream: dms_dropout 0 leaves every other draw as it was
+    empty_dms = model.tokenize("")  # (1, 0) for tokenizers that add nothing to an empty text
     best_state = None
     t0 = time.time()
     for epoch in range(recipe.epochs):
@@ -232,6 +234,8 @@ def train(model: RespLLM, sets: list[TaskSet], recipe: Recipe, progress=None, *,
             name = rng.choices(names, weights=[len(plans[k]) for k in names])[0]
             s = next(x for x in sets if x.task == name)
             dms, tok, y = collate(plans[name].pop(), rng)
+            if recipe.dms_dropout and drop_rng.random() < recipe.dms_dropout:
+                dms = empty_dms.expand(len(y), -1)
             logits = batch_logits(model, s.prompt_ids, dms, tok, bf16=bf16)
             loss = nn.functional.cross_entropy(logits, y)
             losses.append(optimizer_step(opt, loss))
