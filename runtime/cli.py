@@ -450,7 +450,6 @@ def calibrate(bundle_dir, data, target_sensitivity, task, as_json) -> None:
     from respi_edge.calibration.threshold import calibrate_threshold
 
     from .progress import progress_bar
-
     from .validate import check_threshold
 
     check_threshold(target_sensitivity, "--target-sensitivity")
@@ -639,7 +638,7 @@ def train(config, overrides, out, llm, official, cache_dir, as_json) -> None:
     """RespLLM instruction tuning: projector, LLM LoRA and head on cached encoder tokens."""
     from respi_edge.train.run import run
 
-    from .progress import progress_bar
+    from .progress import progress_bar  # the train log shows each epoch even away from a terminal
 
     with progress_bar() as progress:
         metrics = run(config, list(overrides), out, official=official, llm=llm, cache_dir=cache_dir,
