@@ -133,8 +133,7 @@ def main() -> None:
     ref = None
     for i, (name, kw, threads, batch) in enumerate(configs):
         torch.set_num_threads(threads or default_threads)
-        r = run_one(manifest, tmp / f"run{i}.jsonl", source=a.source,
-                    **kw, **({"batch_size": batch} if kw["engine"] == "local" else {}))
+        r = run_one(manifest, tmp / f"run{i}.jsonl", source=a.source, batch_size=batch, **kw)  # Ray ignores it
         torch.set_num_threads(default_threads)
         probs = r.pop("probs")
         ref = ref or probs

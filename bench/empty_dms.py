@@ -17,8 +17,8 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from respi_edge.bench.listening import full_model_scores
     from respi_edge.runtime import api, atomic
-    from respi_edge.runtime.dms import dms_from_row
     from respi_edge.runtime.manifest import read_manifest
     from respi_edge.runtime.stats import auroc_ci
     from respi_edge.train.splits import apply_holdout
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = api.load_model(a.checkpoint)
     y = np.array([r.label for r in dev])
     pats = [r.patient for r in dev]
-    with_dms = np.array([api.Session(model, dms=dms_from_row(r.dms)).score_file(r.path).prob for r in dev])
+    with_dms = full_model_scores(model, dev)  # one Session per DMS, as bench/listening scores the full model
     empty = np.array([p.prob for p in api.Session(model, dms="").score_files([r.path for r in dev])])
     res = {"model": model.info.name, "split": "dev-test (unseen patients)", "n": len(dev),
            "patients": len(set(pats)), "positives": int(y.sum()), "bootstrap": a.bootstrap,
