@@ -21,13 +21,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .listening import probe, token_features
+from .listening import fmt_ci, probe, save, token_features
 
 
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
-    from respi_edge.runtime import atomic
     from respi_edge.runtime.builtin import encoder_init, synthetic_encoder_state
     from respi_edge.runtime.encoder import load_encoder
     from respi_edge.runtime.progress import progress_bar
@@ -78,12 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"torch {torch.__version__}",
            "command": "RESPI_EDGE_DATA=../shared/data python -m respi_edge.bench.encoder_depth "
                       + " ".join(f"--{a}" for a in [f"cut {args.cut}", *[f"set {s}" for s in args.set]])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out.with_suffix(".json"), res)
-    atomic.write_text(out.with_suffix(".md"), render(res))
-    print(render(res))
-    return res
+    return save(res, args.out, render)
 
 
 def render(res: dict) -> str:
@@ -99,7 +93,7 @@ def render(res: dict) -> str:
         f"- Validation AUROC per epoch (pooled classifier, view 0): {curve}; kept epoch {enc.get('best_epoch')}.",
         f"- Dev-test ({res['devtest_recordings']} recordings, {res['devtest_patients']} patients), linear probe on "
         f"the tuned first-window tokens fitted on {res['fit_recordings']} training recordings: AUROC "
-        f"**{ci['value']:.3f}** [{ci['ci95'][0]:.3f}, {ci['ci95'][1]:.3f}] (patient-grouped bootstrap, "
+        f"**{fmt_ci(ci)}** (patient-grouped bootstrap, "
         f"{res['bootstrap']} resamples).", "",
         "Screening aid, not a diagnosis.", ""])
 

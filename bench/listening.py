@@ -100,24 +100,30 @@ def patient_prior(fit_rows, rows) -> np.ndarray:
     return np.array([np.mean(rate[r.patient]) if r.patient in rate else glob for r in rows])
 
 
+def devtest_args(doc: str, out: str) -> argparse.ArgumentParser:
+    """The options every dev-test bench shares: data folder, recipe, dev-test manifest, bootstrap, output."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--data", default=os.environ.get("RESPI_EDGE_DATA", "../shared/data"),
+                    help="folder holding sprsound2022/ (manifests, events.csv)")
+    ap.add_argument("--recipe", default=str(files("respi_edge.configs") / "recipes" / "sprsound_demo.yaml"),
+                    help="the recipe the model was trained with (its encoder cut and feature cache)")
+    ap.add_argument("--holdout", default=str(files("respi_edge.configs") / "splits" / "sprsound2022_devtest.csv"))
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--out", default=out)
+    return ap
+
+
 def main(argv: list[str] | None = None) -> dict:
     from respi_edge.runtime.progress import progress_bar
 
-    from respi_edge.runtime import api, atomic
+    from respi_edge.runtime import api
     from respi_edge.runtime.manifest import Manifest, read_manifest
     from respi_edge.runtime.stats import auroc_ci
     from respi_edge.train.recipe import load_recipe
     from respi_edge.train.splits import apply_holdout
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.environ.get("RESPI_EDGE_DATA", "../shared/data"),
-                    help="folder holding sprsound2022/")
+    ap = devtest_args(__doc__, "bench/results/listening")
     ap.add_argument("--checkpoint", default=None, help="a checkpoint (default: the built-in demo model)")
-    ap.add_argument("--recipe", default=str(files("respi_edge.configs") / "recipes" / "sprsound_demo.yaml"),
-                    help="the recipe the model was trained with (its encoder cut and feature cache)")
-    ap.add_argument("--holdout", default=str(files("respi_edge.configs") / "splits" / "sprsound2022_devtest.csv"))
-    ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--out", default="bench/results/listening")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -164,17 +170,24 @@ def main(argv: list[str] | None = None) -> dict:
             "n": len(rows), "patients": len(set(pats)), "positives": int(y.sum()),
             "auroc": {k: auroc_ci(y, p, pats, n_boot=args.bootstrap).to_dict() for k, p in figs.items()}}
     results["seconds"] = time.time() - t0
-    results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     results["command"] = "RESPI_EDGE_DATA=../shared/data python -m respi_edge.bench.listening"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out.with_suffix(".json"), results)
-    atomic.write_text(out.with_suffix(".md"), render(results))
-    print(render(results))
-    return results
+    return save(results, args.out, render)
 
 
-def _fmt(ci: dict) -> str:
+def save(res: dict, out: str, render) -> dict:
+    """Write `res` as `<out>.json` and its table as `<out>.md` (atomically, with the machine named); print it."""
+    from respi_edge.runtime import atomic
+
+    res.setdefault("machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path.with_suffix(".json"), res)
+    atomic.write_text(path.with_suffix(".md"), render(res))
+    print(render(res))
+    return res
+
+
+def fmt_ci(ci: dict) -> str:
     lo, hi = ci["ci95"]
     return f"{ci['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
@@ -189,7 +202,7 @@ def render(res: dict) -> str:
              "", "| split | recordings / patients / positives | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     for name, s in res["splits"].items():
-        cells = [_fmt(s["auroc"][c]) if c in s["auroc"] else "" for c in cols]
+        cells = [fmt_ci(s["auroc"][c]) if c in s["auroc"] else "" for c in cols]
         lines.append(f"| {name} | {s['n']} / {s['patients']} / {s['positives']} | " + " | ".join(cells) + " |")
     lines += ["", "Screening aid, not a diagnosis."]
     return "\n".join(lines) + "\n"

@@ -18,17 +18,13 @@ same logistic regression on the same 194 training patients (dev-test excluded):
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import time
-from importlib.resources import files
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from .listening import encoder_tokens, full_model_scores, probe, token_features
+from .listening import devtest_args, encoder_tokens, fmt_ci, full_model_scores, probe, save, token_features
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -74,7 +70,7 @@ def learning_curve(x_fit, y_fit, fit_patients, x_dev, y_dev, draws: int = 5, see
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from respi_edge.runtime import api, atomic
+    from respi_edge.runtime import api
     from respi_edge.runtime import audio as fe
     from respi_edge.runtime.builtin import encoder_init, synthetic_encoder_state
     from respi_edge.runtime.encoder import load_encoder
@@ -85,14 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     from respi_edge.train.splits import apply_holdout
     from respi_edge.train.views import read_events
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.environ.get("RESPI_EDGE_DATA", "../shared/data"),
-                    help="folder holding sprsound2022/ (manifests and events.csv)")
-    ap.add_argument("--recipe", default=str(files("respi_edge.configs") / "recipes" / "sprsound_demo.yaml"))
-    ap.add_argument("--holdout", default=str(files("respi_edge.configs") / "splits" / "sprsound2022_devtest.csv"))
-    ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--out", default="bench/results/listening_limits")
-    args = ap.parse_args(argv)
+    args = devtest_args(__doc__, "bench/results/listening_limits").parse_args(argv)
 
     t0 = time.time()
     data = Path(args.data) / "sprsound2022"
@@ -144,19 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
                             "auroc": {k: auroc_ci(y_dev, p, pats, n_boot=args.bootstrap).to_dict()
                                       for k, p in scored.items()}}
     res["seconds"] = time.time() - t0
-    res["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     res["command"] = "RESPI_EDGE_DATA=../shared/data python -m respi_edge.bench.listening_limits"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out.with_suffix(".json"), res)
-    atomic.write_text(out.with_suffix(".md"), render(res))
-    print(render(res))
-    return res
-
-
-def _fmt(ci: dict) -> str:
-    lo, hi = ci["ci95"]
-    return f"{ci['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return save(res, args.out, render)
 
 
 def render(res: dict) -> str:
@@ -168,7 +146,7 @@ def render(res: dict) -> str:
              f"({res['bootstrap']} resamples).", "",
              "## 1. The same linear probe on three inputs of the scored window", "",
              "| probe input | dev-test AUROC |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in res["probes"].items()]
+    lines += [f"| {k} | {fmt_ci(v)} |" for k, v in res["probes"].items()]
     lines += ["", "## 2. Learning curve: the probe fitted on a share of the training patients", "",
               "| probe input | " + " | ".join(f"{int(f * 100)} % of patients" for f in FRACTIONS) + " |",
               "|---|" + "---|" * len(FRACTIONS)]
@@ -185,8 +163,8 @@ def render(res: dict) -> str:
               "| positives | recordings / positives | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name in ("all", "positives with an event in the scored window", "positives without one"):
         s = w[name]
-        lines.append(f"| {name} | {s['n']} / {s['positives']} | " + " | ".join(_fmt(s["auroc"][c]) for c in cols)
-                     + " |")
+        cells = [fmt_ci(s["auroc"][c]) if s["positives"] else "– (no positives)" for c in cols]
+        lines.append(f"| {name} | {s['n']} / {s['positives']} | " + " | ".join(cells) + " |")
     lines += ["", "Screening aid, not a diagnosis."]
     return "\n".join(lines) + "\n"
 
