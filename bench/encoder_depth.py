@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
            "devtest_probe_auroc": ci.to_dict(), "bootstrap": args.bootstrap, "seconds": time.time() - t0,
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"torch {torch.__version__}",
-           "command": "RESPI_EDGE_DATA=../shared/data python -m respi_edge.bench.encoder_depth "
-                      + " ".join(f"--{a}" for a in [f"cut {args.cut}", *[f"set {s}" for s in args.set]])}
+           "command": f"RESPI_EDGE_DATA=../shared/data python -m respi_edge.bench.encoder_depth --cut {args.cut}"
+                      + "".join(f" --set {s}" for s in args.set)}
     return save(res, args.out, render)
 
 

@@ -51,10 +51,11 @@ def probe():
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
 
 
-def encoder_tokens(model, rows, recipe, progress=None) -> np.ndarray:
-    """First-window tokens of the model's encoder. Its frozen stages [0, cut) are the deterministic initialisation
-    for every built-in model, so their outputs come from the recipe's training feature cache (view 0, fp16) when a
-    training run left it, else they are computed; stages [cut, 4) run from the model itself."""
+def encoder_tokens(model, rows, recipe, progress=None, encoders=None) -> list[np.ndarray]:
+    """First-window tokens of each of `encoders` (default: the model's own). Their frozen stages [0, cut) are the
+    deterministic initialisation for every built-in model, so their outputs come from the recipe's training feature
+    cache (view 0, fp16) when a training run left it, else they are computed, once per recording for all encoders;
+    stages [cut, 4) run from each encoder itself."""
     import torch
 
     from respi_edge.runtime import audio as fe
@@ -62,8 +63,9 @@ def encoder_tokens(model, rows, recipe, progress=None) -> np.ndarray:
     from respi_edge.train.encoder_stages import back, front
 
     cut = recipe.encoder_cut
+    encoders = encoders or [model.encoder]
     cache = feature_cache(model, recipe)
-    out = []
+    out: list[list[np.ndarray]] = [[] for _ in encoders]
     with torch.inference_mode():
         for r in rows:
             h = cache.cached(r, 0)
@@ -71,10 +73,11 @@ def encoder_tokens(model, rows, recipe, progress=None) -> np.ndarray:
                 h = h.float()[None]
             else:
                 h = front(model.encoder, torch.from_numpy(fe.spectrogram(r.path))[None], cut)
-            out.append(back(model.encoder, h, cut)[0].numpy())
+            for toks, enc in zip(out, encoders):
+                toks.append(back(enc, h, cut)[0].numpy())
             if progress:
                 progress()
-    return np.stack(out)
+    return [np.stack(t) for t in out]
 
 
 def full_model_scores(model, rows, progress=None) -> np.ndarray:
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                     lambda: progress.update(tid, advance=1))))
         everything = fit + [r for r in wanted.values() if r.path not in {f.path for f in fit}]
         tid = progress.add_task("encoder tokens (audio-only probe)", total=len(everything))
-        toks = encoder_tokens(model, everything, load_recipe(args.recipe),
+        toks, = encoder_tokens(model, everything, load_recipe(args.recipe),
                               progress=lambda: progress.update(tid, advance=1))
     feats = dict(zip([r.path for r in everything], token_features(toks)))
     y_fit = np.array([r.label for r in fit])

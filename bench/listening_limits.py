@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -59,8 +58,7 @@ def learning_curve(x_fit, y_fit, fit_patients, x_dev, y_dev, draws: int = 5, see
     for frac in FRACTIONS:
         vals = []
         for _ in range(1 if frac == 1.0 else draws):
-            keep = set(rng.choice(pats, size=max(2, round(frac * len(pats))), replace=False))
-            m = np.array([p in keep for p in fp])
+            m = np.isin(fp, rng.choice(pats, size=max(2, round(frac * len(pats))), replace=False))
             if len(set(y_fit[m])) < 2:
                 continue
             vals.append(auroc(y_dev, probe().fit(x_fit[m], y_fit[m]).predict_proba(x_dev)[:, 1]))
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     events = read_events(data / "events.csv")
     recipe = load_recipe(args.recipe)
     model = api.load_model()
-    untrained = SimpleNamespace(encoder=load_encoder(synthetic_encoder_state(encoder_init())))
+    untrained = load_encoder(synthetic_encoder_state(encoder_init()))
     rows = fit + dev
     with progress_bar() as progress:
         tid = progress.add_task("log-mel inputs", total=len(rows))
@@ -98,10 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
             mel.append(mel_features(fe.spectrogram(r.path)))
             progress.update(tid, advance=1)
         mel = np.stack(mel)
-        tid = progress.add_task("untrained encoder tokens", total=len(rows))
-        raw = token_features(encoder_tokens(untrained, rows, recipe, lambda: progress.update(tid, advance=1)))
-        tid = progress.add_task("tuned encoder tokens", total=len(rows))
-        tuned = token_features(encoder_tokens(model, rows, recipe, lambda: progress.update(tid, advance=1)))
+        tid = progress.add_task("untrained and tuned encoder tokens", total=len(rows))
+        raw, tuned = (token_features(t) for t in encoder_tokens(
+            model, rows, recipe, lambda: progress.update(tid, advance=1), [untrained, model.encoder]))
         tid = progress.add_task("full model on dev-test (predict path)", total=len(dev))
         p_full = full_model_scores(model, dev, lambda: progress.update(tid, advance=1))
     n = len(fit)
@@ -114,24 +111,25 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"fit_recordings": n, "fit_patients": len({r.patient for r in fit}), "devtest_recordings": len(dev),
                  "devtest_patients": len(set(pats)), "devtest_positives": int(y_dev.sum()),
                  "bootstrap": args.bootstrap}
-    res["probes"] = {k: auroc_ci(y_dev, p, pats, n_boot=args.bootstrap).to_dict() for k, p in probs.items()}
+    scored = {"full model": p_full, **probs}
+
+    def cis(idx: np.ndarray) -> dict:
+        return {k: auroc_ci(y_dev[idx], p[idx], [pats[i] for i in idx], n_boot=args.bootstrap).to_dict()
+                for k, p in scored.items()}
+
+    everything = cis(np.arange(len(dev)))
+    res["probes"] = {k: everything[k] for k in probs}
     res["learning_curve"] = {k: learning_curve(inputs[k][:n], y_fit, [r.patient for r in fit], inputs[k][n:], y_dev)
                              for k in ("log-mel statistics (no encoder)", "fine-tuned encoder tokens (the demo's)")}
     holds = np.array([r.label == 1 and window_holds_event(r.path, events.get(r.path, [])) for r in dev])
     pos, neg = y_dev == 1, y_dev == 0
     res["window"] = {"positives": int(pos.sum()), "with_event_in_window": int(holds.sum()),
                      "events_annotated": sum(bool(events.get(r.path)) for r in dev)}
-    scored = {"full model": p_full, **probs}
     for name, keep in (("positives with an event in the scored window", holds | neg),
                        ("positives without one", (pos & ~holds) | neg)):
         idx = np.flatnonzero(keep)
-        res["window"][name] = {
-            "n": len(idx), "positives": int(y_dev[idx].sum()),
-            "auroc": {k: auroc_ci(y_dev[idx], p[idx], [pats[i] for i in idx], n_boot=args.bootstrap).to_dict()
-                      for k, p in scored.items()}}
-    res["window"]["all"] = {"n": len(dev), "positives": int(pos.sum()),
-                            "auroc": {k: auroc_ci(y_dev, p, pats, n_boot=args.bootstrap).to_dict()
-                                      for k, p in scored.items()}}
+        res["window"][name] = {"n": len(idx), "positives": int(y_dev[idx].sum()), "auroc": cis(idx)}
+    res["window"]["all"] = {"n": len(dev), "positives": int(pos.sum()), "auroc": everything}
     res["seconds"] = time.time() - t0
     res["command"] = "RESPI_EDGE_DATA=../shared/data python -m respi_edge.bench.listening_limits"
     return save(res, args.out, render)
